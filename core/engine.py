@@ -1,0 +1,236 @@
+"""The engine: one config -> cached features for a dataset, model, timestep and prompt.
+
+The CLI and the dashboard pages both call :func:`get_features` with an :class:`ExtractionConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.cache import CACHE_VERSION, FeatureCache, stable_hash
+from core.datasets import Dataset, ImageRecord, UnreadableImage, load_dataset, load_rgb
+from core.features import ExtractionError, PromptEncoder, PromptSpec, extract_batch, preprocess, run_batches, validate_timestep
+from core.models import DEFAULT_MODEL, FeatureModel, load_model
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (images done, images total)
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """Everything that defines a set of features (the cache key is derived from it)."""
+
+    dataset: str = "synthetic-pacs:heldout"
+    model: str = DEFAULT_MODEL
+    timestep: int = 50
+    prompt: PromptSpec = field(default_factory=PromptSpec)
+    seed: int = 0
+    ensemble: int = 1
+    resolution: int | None = None  # None: the model's own
+    max_per_domain: int | None = None
+    max_per_class: int | None = None
+    pooling: str = "mean"
+
+    def __post_init__(self):
+        if self.pooling != "mean":
+            raise ExtractionError(f"pooling must be 'mean' (the paper's spatial mean), got {self.pooling!r}")
+        if self.ensemble < 1:
+            raise ExtractionError(f"`ensemble` must be >= 1, got {self.ensemble}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ExtractionError(f"`resolution` must be >= 8 pixels, got {self.resolution}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["prompt"] = {"mode": self.prompt.mode, "text": self.prompt.text}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtractionConfig":
+        d = dict(d)
+        d["prompt"] = PromptSpec(**d.get("prompt", {}))
+        return cls(**d)
+
+
+@dataclass
+class FeatureSet:
+    """Features of the images that could be read, in a fixed order (sorted by image id)."""
+
+    ids: list[str]
+    paths: list[str]
+    domains: list[str]
+    classes: list[str]
+    domain_names: list[str]
+    class_names: list[str]
+    features: dict[str, np.ndarray]  # block -> (n_images, channels) float32
+    skipped: list[tuple[str, str]]
+    config: ExtractionConfig
+    cache_key: str
+    n_unet_images: int = 0  # images that went through the model in this call (0 = all from cache)
+
+    @property
+    def domain_labels(self) -> np.ndarray:
+        idx = {d: i for i, d in enumerate(self.domain_names)}
+        return np.array([idx[d] for d in self.domains], dtype=np.int64)
+
+    @property
+    def class_labels(self) -> np.ndarray:
+        idx = {c: i for i, c in enumerate(self.class_names)}
+        return np.array([idx[c] for c in self.classes], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def select_images(config: ExtractionConfig, dataset: Dataset | None = None) -> tuple[Dataset, list[ImageRecord]]:
+    ds = dataset or load_dataset(config.dataset)
+    return ds, ds.subsample(config.max_per_domain, config.max_per_class, config.seed)
+
+
+def cache_key(config: ExtractionConfig, model: FeatureModel, dataset: Dataset, records: Sequence[ImageRecord]) -> str:
+    diffusion = model.kind == "diffusion"
+    return stable_hash({
+        "v": CACHE_VERSION,
+        "model": model.identity,
+        "dtype": str(model.dtype) if diffusion else "float32",
+        "dataset": dataset.fingerprint,
+        "selection": stable_hash([r.id for r in records], 32),
+        "resolution": config.resolution or model.resolution,
+        "timestep": config.timestep if diffusion else None,
+        "prompt": [config.prompt.mode, config.prompt.text] if model.uses_prompt else None,
+        "seed": config.seed if diffusion else None,
+        "ensemble": config.ensemble if diffusion else 1,
+        "pooling": config.pooling,
+    }, 32)
+
+
+def _load_pixels(records: Sequence[ImageRecord], resolution: int, pool: ThreadPoolExecutor):
+    def one(r):
+        try:
+            return preprocess(load_rgb(r.path), resolution), None
+        except UnreadableImage as e:
+            return None, str(e)
+
+    return list(pool.map(one, records))
+
+
+def get_features(
+    config: ExtractionConfig,
+    blocks: Sequence[str] | str | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 32,
+    cache_dir: str | None = None,
+    progress: ProgressFn | None = None,
+    model: FeatureModel | None = None,
+    dataset: Dataset | None = None,
+) -> FeatureSet:
+    """Features for ``blocks`` (a list, ``"all"`` or None = all) from the cache, computing what is missing.
+
+    Missing chunks are computed in batches of ``batch_size`` (which never changes the numbers) and
+    written as they complete, so an interrupted call resumes where it stopped.
+    """
+    if batch_size < 1:
+        raise ExtractionError(f"`batch_size` must be >= 1, got {batch_size}")
+    model = model or load_model(config.model, device, dtype)
+    if blocks is None or blocks == "all":
+        blocks = list(model.blocks)
+    elif isinstance(blocks, str):
+        blocks = [b.strip() for b in blocks.split(",") if b.strip()]
+    unknown = [b for b in blocks if b not in model.blocks]
+    if unknown:
+        raise ExtractionError(f"unknown block(s) {unknown} for model {config.model!r}; it has {model.blocks}")
+    blocks = sorted(blocks, key=model.blocks.index)
+    if model.uses_timestep:
+        validate_timestep(model, config.timestep)
+    if config.prompt.mode != "empty" and not model.uses_prompt and model.kind == "diffusion":
+        raise ExtractionError(f"model {config.model!r} has no text encoder; use the empty prompt")
+    ds, records = select_images(config, dataset)
+    key = cache_key(config, model, ds, records)
+    cache = FeatureCache(cache_dir)
+    cache.write_meta(key, {"config": config.to_dict(), "model_identity": model.identity,
+                           "dataset_fingerprint": ds.fingerprint, "n_images": len(records)})
+    resolution = config.resolution or model.resolution
+    encoder = PromptEncoder(model) if model.kind == "diffusion" else None
+    n_chunks = (len(records) + cache.CHUNK - 1) // cache.CHUNK
+    done = 0
+    total = len(records)
+    n_model = 0
+    chunks = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for ci in range(n_chunks):
+            recs = records[ci * cache.CHUNK:(ci + 1) * cache.CHUNK]
+            ids = [r.id for r in recs]
+            arrays = cache.load_chunk(key, ci, ids, blocks)
+            if arrays is None:
+                arrays = _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder, pool,
+                                        lambda k: progress(done + k, total) if progress else None)
+                # keep blocks an earlier call stored for this chunk if they are still valid
+                old = cache.load_chunk(key, ci, ids, [])
+                if old is not None and list(old["ids"]) == list(arrays["ids"]):
+                    for k, v in old.items():
+                        arrays.setdefault(k, v)
+                cache.save_chunk(key, ci, arrays)
+                n_model += len(recs)
+            done += len(recs)
+            if progress:
+                progress(done, total)
+            chunks.append(arrays)
+    by_id = {r.id: r for r in records}
+    ids = [str(i) for c in chunks for i in c["ids"]]
+    skipped = [(str(i), str(w)) for c in chunks for i, w in zip(c["skipped_ids"], c["skipped_reasons"])]
+    feats = {}
+    for b in blocks:
+        parts = [c[f"f:{b}"] for c in chunks if len(c[f"f:{b}"])]
+        feats[b] = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, 0), np.float32)
+    return FeatureSet(
+        ids=ids, paths=[by_id[i].path for i in ids], domains=[by_id[i].domain for i in ids],
+        classes=[by_id[i].cls for i in ids], domain_names=list(ds.domains), class_names=list(ds.classes),
+        features=feats, skipped=skipped, config=config, cache_key=key, n_unet_images=n_model,
+    )
+
+
+def _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder, pool, progress_in_chunk):
+    loaded = _load_pixels(recs, resolution, pool)
+    ok = [(r, x) for r, (x, err) in zip(recs, loaded) if x is not None]
+    skipped = [(r.id, err) for r, (x, err) in zip(recs, loaded) if x is None]
+    for rid, why in skipped:
+        logger.warning("skipped unreadable image %s: %s", rid, why)
+    arrays: dict[str, np.ndarray] = {
+        "ids": np.array([r.id for r, _ in ok], dtype=str),
+        "skipped_ids": np.array([s[0] for s in skipped], dtype=str),
+        "skipped_reasons": np.array([s[1] for s in skipped], dtype=str),
+    }
+    if not ok:
+        for b in blocks:
+            arrays[f"f:{b}"] = np.zeros((0, 0), np.float32)
+        return arrays
+    pixels = torch.stack([x for _, x in ok])  # (n, 3, R, R)
+    ids = [r.id for r, _ in ok]
+    prompts = [config.prompt.for_class(r.cls) for r, _ in ok]
+    counted = [0]
+
+    def fn(sl: slice):
+        out = extract_batch(model, pixels[sl], ids[sl], prompts[sl], blocks, config.timestep, config.seed,
+                            config.ensemble, encoder)
+        counted[0] += sl.stop - sl.start
+        progress_in_chunk(counted[0])
+        return out
+
+    feats = run_batches(fn, len(ok), batch_size)
+    for b in blocks:
+        arrays[f"f:{b}"] = feats[b].astype(np.float32)
+    return arrays
+
+
+def iter_settings(timesteps: Sequence[int], prompts: Sequence[PromptSpec], base: ExtractionConfig):
+    for p in prompts:
+        for t in timesteps:
+            yield replace(base, timestep=int(t), prompt=p)

@@ -1,0 +1,109 @@
+"""Scores of how features separate domains (and classes), all via scikit-learn.
+
+* NMI: k-means with K = number of labels on the full-dimension features, then
+  ``normalized_mutual_info_score(labels, clusters)`` (arithmetic); mean and std over k-means seeds.
+* Domain predictability: cross-validated logistic-regression accuracy of predicting the domain.
+* Silhouette of the domain labels (cosine distance on standardized features).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import normalized_mutual_info_score, silhouette_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+logger = logging.getLogger(__name__)
+
+MINIBATCH_ABOVE = 20_000  # MiniBatchKMeans above this many points (bench/ measures the agreement)
+
+
+def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(features, dtype=np.float32)
+    y = np.asarray(labels)
+    if X.ndim != 2:
+        raise ValueError(f"features must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if len(X) != len(y):
+        raise ValueError(f"{len(X)} feature rows but {len(y)} labels")
+    if not np.isfinite(X).all():
+        raise ValueError("features contain NaN or inf (a half-precision overflow?); recompute in float32")
+    return X, y
+
+
+def kmeans_labels(features: np.ndarray, n_clusters: int, random_state: int = 0, minibatch: bool | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ cluster labels and centroids (MiniBatchKMeans above ``MINIBATCH_ABOVE`` points)."""
+    X = np.asarray(features, dtype=np.float32)
+    if n_clusters < 1 or n_clusters > len(X):
+        raise ValueError(f"n_clusters must be in [1, {len(X)}], got {n_clusters}")
+    if minibatch is None:
+        minibatch = len(X) > MINIBATCH_ABOVE
+    if minibatch:
+        km = MiniBatchKMeans(n_clusters=n_clusters, random_state=random_state, n_init=3, batch_size=4096)
+    else:
+        km = KMeans(n_clusters=n_clusters, random_state=random_state, n_init=3)
+    return km.fit_predict(X), km.cluster_centers_
+
+
+def nmi(features: np.ndarray, labels: np.ndarray, n_seeds: int = 5, minibatch: bool | None = None
+        ) -> tuple[float, float]:
+    """NMI between ``labels`` and k-means clusters (K = number of distinct labels): (mean, std) over
+    ``n_seeds`` k-means seeds."""
+    X, y = _check(features, labels)
+    k = len(np.unique(y))
+    if k < 2:
+        return 0.0, 0.0
+    scores = [normalized_mutual_info_score(y, kmeans_labels(X, k, s, minibatch)[0]) for s in range(n_seeds)]
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, n_splits: int = 5, random_state: int = 0) -> float:
+    """Mean stratified k-fold accuracy of a standardized logistic regression predicting ``labels``."""
+    X, y = _check(features, labels)
+    _, counts = np.unique(y, return_counts=True)
+    n_splits = int(min(n_splits, counts.min()))
+    if n_splits < 2 or len(counts) < 2:
+        return float("nan")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    return float(cross_val_score(clf, X, y, cv=cv).mean())
+
+
+def silhouette(features: np.ndarray, labels: np.ndarray, max_samples: int = 5000, random_state: int = 0) -> float:
+    X, y = _check(features, labels)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    Xs = StandardScaler().fit_transform(X)
+    n = min(len(X), max_samples)
+    return float(silhouette_score(Xs, y, metric="cosine", sample_size=n if n < len(X) else None,
+                                  random_state=random_state))
+
+
+@dataclass
+class Scores:
+    domain_nmi: float
+    domain_nmi_std: float
+    class_nmi: float
+    class_nmi_std: float
+    domain_probe_acc: float
+    domain_silhouette: float
+    n_images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_features(features: np.ndarray, domain_labels: np.ndarray, class_labels: np.ndarray,
+                   n_seeds: int = 5, probe: bool = True) -> Scores:
+    """All scores of one feature matrix (n_images, n_features)."""
+    dn, dns = nmi(features, domain_labels, n_seeds)
+    cn, cns = nmi(features, class_labels, n_seeds)
+    acc = probe_accuracy(features, domain_labels) if probe else float("nan")
+    sil = silhouette(features, domain_labels)
+    return Scores(dn, dns, cn, cns, acc, sil, int(len(features)))

@@ -73,11 +73,11 @@ class Dataset:
 
     def domain_labels(self, records: Sequence[ImageRecord] | None = None) -> np.ndarray:
         index = {d: i for i, d in enumerate(self.domains)}
-        return np.array([index[r.domain] for r in (records or self.records)], dtype=np.int64)
+        return np.array([index[r.domain] for r in (self.records if records is None else records)], dtype=np.int64)
 
     def class_labels(self, records: Sequence[ImageRecord] | None = None) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.classes)}
-        return np.array([index[r.cls] for r in (records or self.records)], dtype=np.int64)
+        return np.array([index[r.cls] for r in (self.records if records is None else records)], dtype=np.int64)
 
     def subsample(
         self, max_per_domain: int | None = None, max_per_class: int | None = None, seed: int = 0

@@ -1,0 +1,196 @@
+"""Command line: ``python -m core {datasets,models,validate,extract,sweep}``.
+
+The CLI calls the same core functions with the same config objects as the dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.builtin import BUILTINS, SPLITS
+from core.datasets import DatasetError, load_dataset, verify_images
+from core.features import ExtractionError, PromptSpec
+from core.models import DEFAULT_MODEL, ModelError, list_models
+
+EXPECTED_ERRORS = (DatasetError, ModelError, ExtractionError, ValueError, FileNotFoundError, PermissionError)
+
+
+def _parse_timesteps(s: str) -> list[int]:
+    try:
+        out = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"timesteps must be integers separated by commas, got {s!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one timestep")
+    return out
+
+
+def _add_extraction_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="synthetic-pacs:heldout",
+                   help="built-in name (synthetic-pacs[:train|:heldout], rotated-digits), DomainBed folder or CSV")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registered name, diffusers folder, or cached hub id")
+    p.add_argument("--timesteps", type=_parse_timesteps, default=[50], help="e.g. 50 or 50,100,500")
+    p.add_argument("--blocks", default="all", help="all, or e.g. up_blocks.1,mid_block")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default=None, help="custom text prompt (default: the empty prompt)")
+    g.add_argument("--prompt-template", default=None, help='class template, e.g. "a photo of a {class}"')
+    p.add_argument("--max-per-domain", type=int, default=None)
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ensemble", type=int, default=1, help="average over N noise draws")
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's own")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16")
+    p.add_argument("--cache-dir", default=None, help="default: $DOMAINLENS_CACHE_DIR or ~/.cache/domainlens")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="DomainLens: what's in a diffusion latent?")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("datasets", help="list built-in datasets")
+    sub.add_parser("models", help="list registered models and baselines")
+    v = sub.add_parser("validate", help="check a DomainBed folder or CSV manifest")
+    v.add_argument("path")
+    v.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster)")
+    e = sub.add_parser("extract", help="extract features into the cache (and optionally export them)")
+    _add_extraction_args(e)
+    e.add_argument("--export", default=None, help="write FILE.npz with <block>@<timestep> arrays")
+    s = sub.add_parser("sweep", help="NMI over blocks x timesteps")
+    _add_extraction_args(s)
+    s.add_argument("--out", default=None, help="write the table as CSV")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI")
+    return parser
+
+
+def _progress(enabled: bool, desc: str):
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr)
+
+    def update(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def cmd_validate(args) -> int:
+    ds = load_dataset(args.path)
+    print(f"dataset {ds.name}: {len(ds)} images, {len(ds.domains)} domains, {len(ds.classes)} classes")
+    print(f"root {ds.root}  fingerprint {ds.fingerprint}")
+    counts = ds.counts()
+    width = max(len(c) for c in ds.classes)
+    print("class".ljust(width) + "  " + "  ".join(d.rjust(max(6, len(d))) for d in ds.domains))
+    for c in ds.classes:
+        print(c.ljust(width) + "  " + "  ".join(str(counts[d][c]).rjust(max(6, len(d))) for d in ds.domains))
+    print("total".ljust(width) + "  " + "  ".join(str(sum(counts[d].values())).rjust(max(6, len(d)))
+                                                   for d in ds.domains))
+    for w in ds.warnings:
+        print(f"warning: {w}")
+    skipped = list(ds.skipped)
+    if not args.no_decode:
+        skipped += verify_images(ds.records)
+    print(f"skipped {len(skipped)} file(s)")
+    for name, why in skipped:
+        print(f"  {name}: {why}")
+    return 0
+
+
+def _config(args, timestep: int):
+    from core.engine import ExtractionConfig
+
+    return ExtractionConfig(dataset=args.dataset, model=args.model, timestep=timestep,
+                            prompt=PromptSpec.parse(args.prompt, args.prompt_template), seed=args.seed,
+                            ensemble=args.ensemble, resolution=args.resolution,
+                            max_per_domain=args.max_per_domain, max_per_class=args.max_per_class)
+
+
+def cmd_extract(args) -> int:
+    from core.engine import get_features
+    from core.models import load_model
+
+    if args.export and not args.export.endswith(".npz"):
+        raise ValueError(f"--export must name a .npz file, got {args.export!r}")
+    model = load_model(args.model, args.device, args.dtype)
+    timesteps = args.timesteps if model.uses_timestep else [args.timesteps[0]]
+    arrays: dict[str, np.ndarray] = {}
+    for t in timesteps:
+        update, close = _progress(not args.no_progress, f"t={t}")
+        try:
+            fs = get_features(_config(args, t), args.blocks, batch_size=args.batch_size, cache_dir=args.cache_dir,
+                              progress=update, model=model)
+        finally:
+            close()
+        print(f"t={t}: {len(fs)} images, {len(fs.features)} blocks, {fs.n_unet_images} computed, "
+              f"{len(fs.skipped)} skipped; cache key {fs.cache_key}")
+        for b, f in fs.features.items():
+            arrays[f"{b}@{t}" if model.uses_timestep else b] = f.astype(np.float32)
+        arrays.update(paths=np.array(fs.paths), domains=np.array(fs.domains), classes=np.array(fs.classes))
+        for name, why in fs.skipped:
+            print(f"  skipped {name}: {why}")
+    if args.export:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.export, **arrays)
+        print(f"wrote {args.export} ({len(arrays) - 3} feature arrays)")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import pandas as pd
+
+    from core.models import load_model
+    from core.sweep import run_sweep
+
+    model = load_model(args.model, args.device, args.dtype)
+    update, close = _progress(not args.no_progress, "sweep")
+    try:
+        df = run_sweep(_config(args, args.timesteps[0]), args.blocks, args.timesteps, device=args.device,
+                       dtype=args.dtype, batch_size=args.batch_size, cache_dir=args.cache_dir,
+                       n_seeds=args.n_seeds, progress=update, model=model)
+    finally:
+        close()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False, float_format="%.4f")
+    if args.json:
+        print(df.to_json(orient="records", indent=1))
+    else:
+        with pd.option_context("display.width", 200, "display.max_rows", 500):
+            print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "datasets":
+            for name, desc in BUILTINS.items():
+                print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
+            return 0
+        if args.command == "models":
+            for m in list_models():
+                flag = "" if m["available"] else "  [missing]"
+                print(f"{m['name']:16s} {m['kind']:9s} {m['description']}{flag}")
+            return 0
+        return {"validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep}[args.command](args)
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are cached; run the same command again to resume", file=sys.stderr)
+        return 130

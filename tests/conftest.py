@@ -1,0 +1,42 @@
+"""Shared fixtures: every test runs with its own cache and dataset folders (never the user's)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def builtin_data_home(tmp_path_factory) -> Path:
+    """Built-in datasets generated once per test session."""
+    return tmp_path_factory.mktemp("datasets")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, builtin_data_home, monkeypatch):
+    monkeypatch.setenv("DOMAINLENS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DOMAINLENS_DATA_HOME", str(builtin_data_home))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(builtin_data_home / "numba"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A tiny random SD-format model (64 px -> 8x8x4 latents) saved with save_pretrained."""
+    from core.testing import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")
+
+
+@pytest.fixture()
+def tiny_sd_copy(tiny_sd_dir, tmp_path) -> Path:
+    """A private copy a test may modify."""
+    dst = tmp_path / "tiny-sd"
+    shutil.copytree(tiny_sd_dir, dst)
+    return dst

@@ -42,7 +42,7 @@ from core.datasets import (
 
 @pytest.fixture(autouse=True)
 def _isolated_data_home(tmp_path, monkeypatch):
-    """Never let a test generate into the real ~/.cache: point the data home at a per-test tmp dir."""
+    """Stricter than conftest: a test that generates implicitly gets its own empty data home."""
     monkeypatch.setenv("DOMAINLENS_DATA_HOME", str(tmp_path / "_data_home"))
 
 
@@ -484,6 +484,7 @@ def test_zero_byte_file_is_skipped_at_scan_with_reason(broken_ds):
     assert len(ds) == 4 + len(BAD_IDS)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_verify_images_reports_every_unreadable_image(broken_ds):
     ds = scan_folder(broken_ds)
     bad = verify_images(ds.records, max_pixels=10_000)
@@ -865,8 +866,9 @@ def test_scan_is_cheap_for_many_files(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def builtin_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("builtin_home")
+def builtin_home(builtin_data_home) -> Path:
+    """The built-ins, generated once per session into conftest's shared tmp data home."""
+    home = builtin_data_home
     for name in ("synthetic-pacs:train", "synthetic-pacs:heldout", "rotated-digits:train",
                  "rotated-digits:heldout"):
         builtin.ensure_builtin(name, home)

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import logging
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,9 @@ def scan_folder(root: str | os.PathLike, name: str | None = None) -> Dataset:
     empty: list[str] = []
     for d in _sorted_dirs(root_r, root_r, skipped):
         n_domain = len(records)
+        for f in sorted(os.listdir(d.path)):
+            if not _is_hidden(f) and os.path.isfile(os.path.join(d.path, f)):
+                skipped.append((f"{d.name}/{f}", "file directly in a domain folder (expected <domain>/<class>/<image>)"))
         for c in _sorted_dirs(Path(d.path), root_r, skipped):
             n_class = len(records)
             entries = []
@@ -252,7 +256,8 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     Grayscale, palette, CMYK and 16-bit images are converted. Raises :class:`UnreadableImage`.
     """
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore")  # bomb / truncation warnings: our own limit and errors decide
             w, h = im.size
             if w * h > max_pixels:
                 raise UnreadableImage(f"{w}x{h} is over the pixel limit of {max_pixels}")

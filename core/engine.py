@@ -6,6 +6,8 @@ The CLI and the dashboard pages both call :func:`get_features` with an :class:`E
 from __future__ import annotations
 
 import logging
+import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
@@ -15,7 +17,8 @@ import torch
 
 from core.cache import CACHE_VERSION, FeatureCache, stable_hash
 from core.datasets import Dataset, ImageRecord, UnreadableImage, load_dataset, load_rgb
-from core.features import ExtractionError, PromptEncoder, PromptSpec, extract_batch, preprocess, run_batches, validate_timestep
+from core.features import (ExtractionError, PromptEncoder, PromptSpec, encode_latents, extract_batch, preprocess,
+                           run_batches, unet_block_features, validate_timestep)
 from core.models import DEFAULT_MODEL, FeatureModel, load_model
 
 logger = logging.getLogger(__name__)
@@ -171,7 +174,8 @@ def get_features(
             arrays = cache.load_chunk(key, ci, ids, blocks)
             if arrays is None:
                 arrays = _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder, pool,
-                                        lambda k: progress(done + k, total) if progress else None)
+                                        lambda k: progress(done + k, total) if progress else None,
+                                        ds.fingerprint)
                 # keep blocks an earlier call stored for this chunk if they are still valid
                 old = cache.load_chunk(key, ci, ids, [])
                 if old is not None and list(old["ids"]) == list(arrays["ids"]):
@@ -197,14 +201,58 @@ def get_features(
     )
 
 
-def _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder, pool, progress_in_chunk):
+class _LatentMemo:
+    """Clean latents of recent chunks, in memory (bounded), so a sweep over timesteps or prompts decodes
+    and VAE-encodes each image once per process."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[str, tuple] = OrderedDict()
+
+    def get(self, key: str):
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        return None
+
+    def put(self, key: str, value: tuple) -> None:
+        self._d[key] = value
+        while self._d and sum(v[2].numel() * v[2].element_size() for v in self._d.values()) > self.max_bytes:
+            self._d.popitem(last=False)
+
+
+LATENT_MEMO = _LatentMemo(int(os.environ.get("DOMAINLENS_LATENT_MEMO_MB", "1024")) << 20)
+
+
+def _chunk_inputs(model, recs, resolution, batch_size, pool, fingerprint):
+    """(readable records, skipped (id, reason), model inputs): clean latents x0 for diffusion models
+    (memoised), pixels in [-1, 1] for baselines."""
+    memo_key = stable_hash([model.identity, str(model.dtype), resolution, fingerprint, [r.id for r in recs]])
+    if model.kind == "diffusion":
+        hit = LATENT_MEMO.get(memo_key)
+        if hit is not None:
+            return hit
     loaded = _load_pixels(recs, resolution, pool)
-    ok = [(r, x) for r, (x, err) in zip(recs, loaded) if x is not None]
+    ok = [r for r, (x, _) in zip(recs, loaded) if x is not None]
     skipped = [(r.id, err) for r, (x, err) in zip(recs, loaded) if x is None]
     for rid, why in skipped:
         logger.warning("skipped unreadable image %s: %s", rid, why)
+    if not ok:
+        return ok, skipped, None
+    pixels = torch.stack([x for x, _ in loaded if x is not None])  # (n, 3, R, R)
+    if model.kind != "diffusion":
+        return ok, skipped, pixels
+    x0 = run_batches(lambda sl: {"x0": encode_latents(model, pixels[sl]).cpu()}, len(ok), batch_size,
+                     concat=torch.cat)["x0"]  # (n, c, h, w)
+    LATENT_MEMO.put(memo_key, (ok, skipped, x0))
+    return ok, skipped, x0
+
+
+def _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder, pool, progress_in_chunk,
+                   fingerprint=""):
+    ok, skipped, inputs = _chunk_inputs(model, recs, resolution, batch_size, pool, fingerprint)
     arrays: dict[str, np.ndarray] = {
-        "ids": np.array([r.id for r, _ in ok], dtype=str),
+        "ids": np.array([r.id for r in ok], dtype=str),
         "skipped_ids": np.array([s[0] for s in skipped], dtype=str),
         "skipped_reasons": np.array([s[1] for s in skipped], dtype=str),
     }
@@ -212,14 +260,18 @@ def _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder,
         for b in blocks:
             arrays[f"f:{b}"] = np.zeros((0, 0), np.float32)
         return arrays
-    pixels = torch.stack([x for _, x in ok])  # (n, 3, R, R)
-    ids = [r.id for r, _ in ok]
-    prompts = [config.prompt.for_class(r.cls) for r, _ in ok]
+    ids = [r.id for r in ok]
+    prompts = [config.prompt.for_class(r.cls) for r in ok]
     counted = [0]
 
     def fn(sl: slice):
-        out = extract_batch(model, pixels[sl], ids[sl], prompts[sl], blocks, config.timestep, config.seed,
-                            config.ensemble, encoder)
+        if model.kind == "diffusion":
+            x0 = inputs[sl].to(model.device, model.dtype)
+            out = unet_block_features(model, x0, ids[sl], config.timestep, encoder(prompts[sl]), blocks,
+                                      config.seed, config.ensemble)
+            out = {b: v.numpy() for b, v in out.items()}
+        else:
+            out = extract_batch(model, inputs[sl], ids[sl], prompts[sl], blocks, config.timestep)
         counted[0] += sl.stop - sl.start
         progress_in_chunk(counted[0])
         return out

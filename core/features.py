@@ -283,6 +283,7 @@ def run_batches(
     n: int,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    concat: Callable = np.concatenate,
 ) -> dict[str, np.ndarray]:
     """Apply ``fn`` to consecutive slices of ``n`` items; a CUDA out-of-memory halves the batch and
     carries on from where it stopped. Returns the concatenated arrays."""
@@ -305,4 +306,4 @@ def run_batches(
         i = sl.stop
         if progress:
             progress(sl.stop - sl.start)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: concat(v) for k, v in parts.items()}

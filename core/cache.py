@@ -74,7 +74,9 @@ def safe_load_npz(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    # RuntimeError (incl. NotImplementedError): zipfile's answer to a damaged header byte
+    # ("compression method not supported", "file is encrypted")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as e:
         logger.warning("cache file %s is damaged (%s); recomputing", path, e)
         return None
     stored = arrays.pop("__digest__", None)

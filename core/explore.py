@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.cache import FeatureCache
+from core.datasets import Dataset
 from core.engine import ExtractionConfig, FeatureSet, get_features
 from core.metrics import Scores
 from core.models import FeatureModel
@@ -38,11 +39,16 @@ def explore_view(
     cache_dir: str | None = None,
     n_seeds: int = 5,
     progress=None,
+    dataset: Dataset | None = None,
 ) -> ExploreResult:
     """Features of ``block`` (extracting every block in the same pass when ``all_blocks``, so a later
-    block change is a cache hit), their 2-D layout and their scores."""
+    block change is a cache hit), their 2-D layout and their scores.
+
+    Pass the scanned ``dataset`` (``load_dataset(config.dataset)``, kept by the caller) to skip rescanning
+    the folder on every call: on a warm call that scan is the largest cost (bench/ measures it).
+    """
     fs = get_features(config, "all" if all_blocks else [block], device=device, batch_size=batch_size,
-                      cache_dir=cache_dir, progress=progress, model=model)
+                      cache_dir=cache_dir, progress=progress, model=model, dataset=dataset)
     if block not in fs.features:
         raise ValueError(f"unknown block {block!r}; this model has {list(fs.features)}")
     cache = FeatureCache(cache_dir)

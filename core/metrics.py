@@ -21,7 +21,10 @@ from sklearn.preprocessing import StandardScaler
 
 logger = logging.getLogger(__name__)
 
-MINIBATCH_ABOVE = 20_000  # MiniBatchKMeans above this many points (bench/ measures the agreement)
+# Above this many points k-means is fitted on a seeded sample of this size and every point gets its nearest
+# centroid. bench/ (100k x 1280): as fast as MiniBatchKMeans (n_init=3) and its domain NMI matches full KMeans,
+# where MiniBatchKMeans' weaker n_init (inits ranked before, not after, the mini-batch run) lost up to 0.19.
+FIT_SAMPLE = 20_000
 
 
 def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,16 +41,24 @@ def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def kmeans_labels(features: np.ndarray, n_clusters: int, random_state: int = 0, minibatch: bool | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """k-means++ cluster labels and centroids (MiniBatchKMeans above ``MINIBATCH_ABOVE`` points)."""
+    """k-means++ cluster labels (n_samples,) and centroids (n_clusters, n_features).
+
+    ``minibatch=None``: KMeans (3 inits) on all points up to :data:`FIT_SAMPLE`, above that KMeans fitted on a
+    seeded sample of ``max(FIT_SAMPLE, 20 * n_clusters)`` points, every point labelled by its nearest centroid.
+    ``True``: MiniBatchKMeans on all points; ``False``: KMeans on all points.
+    """
     X = np.asarray(features, dtype=np.float32)
     if n_clusters < 1 or n_clusters > len(X):
         raise ValueError(f"n_clusters must be in [1, {len(X)}], got {n_clusters}")
-    if minibatch is None:
-        minibatch = len(X) > MINIBATCH_ABOVE
     if minibatch:
         km = MiniBatchKMeans(n_clusters=n_clusters, random_state=random_state, n_init=3, batch_size=4096)
-    else:
-        km = KMeans(n_clusters=n_clusters, random_state=random_state, n_init=3)
+        return km.fit_predict(X), km.cluster_centers_
+    km = KMeans(n_clusters=n_clusters, random_state=random_state, n_init=3)
+    n_fit = max(FIT_SAMPLE, 20 * n_clusters)
+    if minibatch is None and len(X) > n_fit:
+        sample = np.random.default_rng(random_state).choice(len(X), n_fit, replace=False)
+        km.fit(X[np.sort(sample)])  # (n_fit, n_features)
+        return km.predict(X), km.cluster_centers_
     return km.fit_predict(X), km.cluster_centers_
 
 

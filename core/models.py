@@ -75,15 +75,18 @@ def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 
 # --------------------------------------------------------------------------------------- identity
 
-_HASH_MEMO = Path(os.environ.get("DOMAINLENS_CACHE_DIR", Path.home() / ".cache" / "domainlens")) / "weight-hashes.json"
+def _hash_memo_path() -> Path:
+    """Read at call time (not import time), so DOMAINLENS_CACHE_DIR set after import is honoured."""
+    return Path(os.environ.get("DOMAINLENS_CACHE_DIR", Path.home() / ".cache" / "domainlens")) / "weight-hashes.json"
 
 
 def _file_sha256(path: Path) -> str:
+    memo_path = _hash_memo_path()
     st = path.stat()
     memo_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     memo: dict[str, str] = {}
     try:
-        memo = json.loads(_HASH_MEMO.read_text())
+        memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         pass
     if memo_key in memo:
@@ -95,10 +98,10 @@ def _file_sha256(path: Path) -> str:
     digest = h.hexdigest()
     memo[memo_key] = digest
     try:
-        _HASH_MEMO.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _HASH_MEMO.with_suffix(f".{os.getpid()}.tmp")
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(memo))
-        os.replace(tmp, _HASH_MEMO)
+        os.replace(tmp, memo_path)
     except OSError:
         pass
     return digest

@@ -103,11 +103,10 @@ def scatter(
     fig.update_layout(
         legend=dict(title=dict(text=f"<b>{label_name}</b>"), orientation="v", yanchor="top", y=1.0, xanchor="left",
                     x=1.01, itemsizing="constant", font=dict(size=16)),
-        dragmode="lasso", clickmode="event+select", uirevision="keep",
+        uirevision="keep",
     )
     fig.update_xaxes(title=axis_titles[0], showticklabels=False, zeroline=False, showgrid=True)
-    fig.update_yaxes(title=axis_titles[1], showticklabels=False, zeroline=False, showgrid=True,
-                     scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(title=axis_titles[1], showticklabels=False, zeroline=False, showgrid=True)
     if ranges is not None:
         fig.update_xaxes(range=list(ranges[0]))
         fig.update_yaxes(range=list(ranges[1]))

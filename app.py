@@ -1,0 +1,33 @@
+"""DomainLens dashboard: ``streamlit run app.py``.
+
+Builds the navigation over the pages in ``pages/`` and renders the shared sidebar (dataset, model, images
+per domain, seed, device) before the chosen page runs, so the sidebar keeps its state across pages.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Set before anything imports numba (UMAP) or tokenizers.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "domainlens" / "numba"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import streamlit as st  # noqa: E402
+
+from pages import _common as ui  # noqa: E402
+
+st.set_page_config(page_title="DomainLens", page_icon=":material/blur_on:", layout="wide",
+                   menu_items={"About": "DomainLens: how diffusion UNet features separate image domains."})
+
+PAGES = [
+    st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:", default=True),
+    st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_on:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/pseudo_domains.py", title="Pseudo-domains", icon=":material/hub:"),
+]
+
+page = st.navigation(PAGES)
+if ui.sidebar() is None:  # the problem is shown with what to do; the page needs valid settings
+    st.stop()
+page.run()

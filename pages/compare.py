@@ -1,0 +1,74 @@
+"""Compare: two settings (model, block, timestep, prompt) side by side on the same images.
+
+Layout B is rotated, scaled and shifted onto layout A (Procrustes on the images both share), so the same
+image sits in a comparable place; the scores show B's difference from A.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import figures
+from core.explore import explore_view
+from pages import _common as ui
+
+s = ui.settings()
+
+st.title("Compare")
+st.caption("Two feature spaces on the same images, e.g. a diffusion block against a baseline or another "
+           "timestep. Layout B is Procrustes-aligned to layout A.")
+
+choices = list(dict.fromkeys([s.model] + [m for m in ui.model_choices() if m != ui.OTHER_MODEL]))
+defaults = {"A": s.model, "B": "pixels" if s.model != "pixels" else ui.default_model_name()}
+col_a, col_b = st.columns(2, gap="large")
+sides = {}
+for name, col in (("A", col_a), ("B", col_b)):
+    prefix = f"cmp_{name.lower()}_"
+    with col:
+        st.subheader(f"Setting {name}")
+        ui._ensure(f"{prefix}model", lambda v: v in choices, defaults[name])
+        model_name = st.selectbox("Model", choices, key=f"{prefix}model", format_func=ui.model_label)
+        model = ui.current_model(s, model_name, container=col)
+        block, timestep, prompt = ui.setting_controls(model, prefix)
+    sides[name] = (model, block, timestep, prompt)
+
+c_red, c_col = st.columns([5, 8], gap="large")
+with c_red:
+    reduction = ui.reduction_controls(s.seed, prefix="cmp_")
+with c_col:
+    colour = ui.colour_control(prefix="cmp_", clusters=False)
+
+results, configs = {}, {}
+for name, (model, block, timestep, prompt) in sides.items():
+    configs[name] = s.extraction(timestep, prompt, model=model.name)
+    results[name] = ui.run_core(explore_view, configs[name], block, reduction, model=model, device=s.device,
+                                label=f"Setting {name}: extracting features")
+
+ra, rb = results["A"], results["B"]
+aligned_b, disparity = figures.align_by_ids(ra.features.ids, ra.embedding, rb.features.ids, rb.embedding)
+ranges = figures.shared_ranges(ra.embedding, aligned_b)
+figs = {}
+for (name, res, emb), col in zip((("A", ra, ra.embedding), ("B", rb, aligned_b)), (col_a, col_b)):
+    model, block, timestep, _ = sides[name]
+    fs = res.features
+    labels, categories = ui.labels_for(fs, colour, block, s.seed)
+    title = f"{name}: {model.name if len(model.name) < 30 else model.kind} · {block}" + (
+        f" · t = {timestep}" if model.uses_timestep else "")
+    figs[name] = figures.scatter(emb, labels, hover=ui.hover_texts(fs), categories=categories,
+                                 label_name=colour, title=title, ranges=ranges, height=520)
+    with col:
+        st.plotly_chart(figs[name], theme=None, config=ui.PLOT_CONFIG, key=f"cmp_plot_{name}")
+        ui.score_metrics(res.scores, len(fs.domain_names), container=st.columns(4),
+                         reference=None if name == "A" else ra.scores)
+
+n_common = len(set(ra.features.ids) & set(rb.features.ids))
+st.caption(f"Layout B aligned to A on {n_common:,} shared images (Procrustes disparity {disparity:.2f}: "
+           "0 = the same layout up to rotation and scale, 1 = unrelated). Deltas are B − A.")
+table = figures.score_table(ra.scores, rb.scores)
+st.dataframe(table, hide_index=True, width="content",
+             column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "delta" else "%.3f")
+                            for c in ("A", "B", "delta")})
+spec = {name: ui.reproduce_spec(configs[name], sides[name][1], reduction) for name in ("A", "B")}
+spec["cli"] = "\n".join(spec[n]["cli"] for n in ("A", "B"))
+ui.export_panel("compare", figs={"layout A": figs["A"], "layout B": figs["B"]}, tables={"scores": table},
+                spec=spec, key="compare-export")

@@ -1,0 +1,60 @@
+"""Explore: one setting (block, timestep, prompt) -> a 2-D layout of the images and the domain scores."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import figures
+from core.explore import explore_view
+from pages import _common as ui
+
+s = ui.settings()
+model = ui.current_model(s)
+
+st.title("Explore")
+st.caption("Each point is an image, placed by the UNet feature of the chosen block. Scores use the full "
+           "features; the layout is for looking. Click a point to see its image, or pick the box or lasso tool "
+           "(top right of the chart) and draw to see a group.")
+
+c_block, c_time, c_prompt = st.columns([5, 4, 4], gap="large")
+block, timestep, prompt = ui.setting_controls(model, columns=(c_block, c_time, c_prompt))
+c_red, c_col = st.columns([5, 8], gap="large")
+with c_red:
+    reduction = ui.reduction_controls(s.seed)
+with c_col:
+    colour = ui.colour_control()
+
+config = s.extraction(timestep, prompt)
+result = ui.run_core(explore_view, config, block, reduction, model=model, device=s.device)
+fs = result.features
+
+labels, categories = ui.labels_for(fs, colour, block, s.seed)
+title = f"{block}" + (f" · t = {timestep}" if model.uses_timestep else "") + f" · {ui.REDUCER_LABELS[reduction.method]}"
+fig = figures.scatter(result.embedding, labels, hover=ui.hover_texts(fs), categories=categories,
+                      label_name=ui.COLOUR_LABELS[colour].lower(), title=title)
+
+c_plot, c_side = st.columns([3, 1], gap="medium")
+with c_plot:
+    event = st.plotly_chart(fig, key="scatter", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            theme=None, config=ui.PLOT_CONFIG)
+with c_side:
+    ui.score_metrics(result.scores, len(fs.domain_names))
+    st.caption(f"{len(fs):,} images · {len(fs.domain_names)} domains · {len(fs.class_names)} classes"
+               + (f" · {len(fs.skipped)} unreadable skipped" if fs.skipped else ""))
+    rows = ui.selected_rows(event)
+    if len(rows) == 1:
+        i = rows[0]
+        st.image(ui.thumbnail(fs.paths[i], 192), width=192)
+        st.markdown(f"**{fs.domains[i]}** · {fs.classes[i]}  \n`{fs.ids[i]}`")
+
+if len(rows) > 1:
+    st.subheader("Selected images")
+    ui.image_grid(fs, rows)
+
+spec = ui.reproduce_spec(config, block, reduction, colour_by=colour)
+ui.export_panel(
+    "explore", figs={"layout": fig},
+    tables={"metrics": ui.scores_frame(result.scores, dataset=config.dataset, model=config.model, block=block,
+                                       timestep=timestep if model.uses_timestep else None,
+                                       prompt=prompt.label, seed=config.seed, max_per_domain=config.max_per_domain)},
+    spec=spec, key="explore-export")

@@ -1,0 +1,116 @@
+"""Sweep: domain and class NMI over blocks x timesteps (x prompts), the best setting highlighted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import streamlit as st
+
+from core import figures
+from core.features import PromptSpec
+from core.sweep import best_setting, run_sweep
+from pages import _common as ui
+
+TIMESTEP_CHOICES = [0, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999]
+DEFAULT_TIMESTEPS = [10, 50, 200, 500]
+
+s = ui.settings()
+model = ui.current_model(s)
+
+st.title("Sweep")
+st.caption("Where is the domain information? Domain and class NMI for every block and timestep, from the "
+           "same cached features the other pages use.")
+
+c_blocks, c_times, c_prompts = st.columns([4, 4, 3], gap="large")
+ui._ensure("sweep_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
+blocks = c_blocks.multiselect("Blocks", model.blocks, key="sweep_blocks")
+timesteps: list[int] = [ui.DEFAULT_TIMESTEP]
+if model.uses_timestep:
+    hi = model.num_train_timesteps - 1
+    choices = sorted({min(t, hi) for t in TIMESTEP_CHOICES})
+    ui._ensure("sweep_timesteps", lambda v: bool(v) and all(t in choices for t in v),
+               [t for t in DEFAULT_TIMESTEPS if t in choices])
+    timesteps = c_times.multiselect("Timesteps", choices, key="sweep_timesteps")
+else:
+    c_times.markdown("**Timesteps:** n/a (baseline)")
+prompts = [PromptSpec()]
+if model.uses_prompt:
+    ui._ensure("sweep_prompts", lambda v: bool(v) and all(p in ui.PROMPT_LABELS for p in v), ["empty"])
+    modes = c_prompts.multiselect("Prompts", list(ui.PROMPT_LABELS), key="sweep_prompts",
+                                  format_func=ui.PROMPT_LABELS.get)
+    prompts = []
+    for m in modes:
+        if m == "template":
+            prompts.append(PromptSpec("template", ui.TEMPLATE))
+        elif m == "custom":
+            prompts.append(PromptSpec("custom", c_prompts.text_input("Custom prompt", "a painting",
+                                                                      key="sweep_prompt_text")))
+        else:
+            prompts.append(PromptSpec())
+else:
+    c_prompts.markdown("**Prompt:** n/a (no text encoder)")
+
+n_settings = len(timesteps) * len(prompts)
+n_images = s.max_per_domain * ui.n_domains(s)
+request = {"settings": s, "blocks": tuple(blocks), "timesteps": tuple(timesteps),
+           "prompts": tuple((p.mode, p.text) for p in prompts)}
+c_run, c_info = st.columns([1, 4], vertical_alignment="center")
+clicked = c_run.button("Run sweep", type="primary", key="sweep_run", icon=":material/play_arrow:",
+                       disabled=not (blocks and timesteps and prompts))
+c_info.caption(f"{n_settings} setting(s) × up to {n_images:,} images: one UNet pass per image and setting "
+               "gives every block; cached settings cost nothing.")
+if clicked:
+    st.session_state["sweep_request"] = request  # a UI choice: what the user asked to sweep
+last = st.session_state.get("sweep_request")
+if last is None:
+    st.info("Choose blocks, timesteps and prompts, then press **Run sweep**.")
+    st.stop()
+if last != request:
+    st.info("The controls changed since the last run: press **Run sweep** to update. Showing the last run.")
+
+base = last["settings"].extraction(last["timesteps"][0], PromptSpec(*last["prompts"][0]))
+run_model = ui.current_model(last["settings"])
+df = ui.run_core(run_sweep, base, list(last["blocks"]), list(last["timesteps"]),
+                 [PromptSpec(*p) for p in last["prompts"]], model=run_model, device=s.device,
+                 label="Sweeping")
+
+best = best_setting(df)
+t_best = "" if pd.isna(best["timestep"]) else f" at t = {int(best['timestep'])}"
+p_best = f" with prompt “{best['prompt']}”" if best["prompt"] else ""
+st.success(f"Best setting: **{best['block']}**{t_best}{p_best} → domain NMI **{best['domain_nmi']:.3f}**, "
+           f"class NMI {best['class_nmi']:.3f}", icon=":material/star:")
+
+prompt_labels = list(dict.fromkeys(df["prompt"]))
+shown = prompt_labels[0]
+if len(prompt_labels) > 1:
+    shown = st.radio("Show prompt", prompt_labels, key="sweep_show_prompt", horizontal=True,
+                     format_func=lambda p: f"“{p}”" if p else "empty “”")
+sub = df[df["prompt"] == shown]
+best_here = best_setting(sub)
+order = list(run_model.blocks)
+fig_dom = figures.heatmap(sub, "domain_nmi", block_order=order, best=best_here, title="Domain NMI (higher: domains separate)")
+fig_cls = figures.heatmap(sub, "class_nmi", block_order=order, title="Class NMI (lower: purer domain signal)",
+                          colorscale="Magma")
+c1, c2 = st.columns(2)
+c1.plotly_chart(fig_dom, theme=None, config=ui.PLOT_CONFIG, key="sweep_heat_domain")
+c2.plotly_chart(fig_cls, theme=None, config=ui.PLOT_CONFIG, key="sweep_heat_class")
+figs = {"domain NMI heatmap": fig_dom, "class NMI heatmap": fig_cls}
+if run_model.uses_timestep and sub["timestep"].nunique() > 1:
+    fig_curves = figures.nmi_curves(sub, "domain_nmi", block_order=order, best=best_here,
+                                    title="Domain NMI against timestep, per block")
+    fig_ccurves = figures.nmi_curves(sub, "class_nmi", block_order=order, title="Class NMI against timestep, per block")
+    c3, c4 = st.columns(2)
+    c3.plotly_chart(fig_curves, theme=None, config=ui.PLOT_CONFIG, key="sweep_curves_domain")
+    c4.plotly_chart(fig_ccurves, theme=None, config=ui.PLOT_CONFIG, key="sweep_curves_class")
+    figs.update({"domain NMI curves": fig_curves, "class NMI curves": fig_ccurves})
+
+st.dataframe(df, hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in df.columns
+                            if c.startswith(("domain_", "class_"))})
+cli = "\n".join(ui.cli_command(replace(base, prompt=PromptSpec(*p)), list(last["blocks"]), list(last["timesteps"]))
+                for p in last["prompts"])
+spec = ui.reproduce_spec(base, list(last["blocks"]), timesteps=list(last["timesteps"]),
+                         prompts=[{"mode": m, "text": t} for m, t in last["prompts"]])
+spec["cli"] = cli
+ui.export_panel("sweep", figs=figs, tables={"sweep": df}, spec=spec, key="sweep-export")

@@ -150,6 +150,8 @@ def get_features(
     unknown = [b for b in blocks if b not in model.blocks]
     if unknown:
         raise ExtractionError(f"unknown block(s) {unknown} for model {config.model!r}; it has {model.blocks}")
+    if not blocks:
+        raise ExtractionError(f"no block given; pass 'all' or some of {model.blocks}")
     blocks = sorted(blocks, key=model.blocks.index)
     if model.uses_timestep:
         validate_timestep(model, config.timestep)

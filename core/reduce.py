@@ -54,6 +54,15 @@ def _pca(X: np.ndarray, n: int, random_state: int) -> np.ndarray:
     return PCA(n_components=n, random_state=random_state).fit_transform(X).astype(np.float32)
 
 
+def _n_jobs() -> int:
+    """openTSNE threads: ``$OMP_NUM_THREADS`` when set (the one knob torch and BLAS already follow), else every
+    core. On a busy machine more threads than free cores is several times slower (bench/ measures it)."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return os.cpu_count() or 1
+
+
 def reduce(features: np.ndarray, config: ReductionConfig = ReductionConfig()) -> np.ndarray:
     """(n_samples, n_features) -> (n_samples, n_components) float32."""
     X = np.asarray(features, dtype=np.float32)
@@ -72,7 +81,7 @@ def reduce(features: np.ndarray, config: ReductionConfig = ReductionConfig()) ->
 
         perplexity = float(min(config.perplexity, max(2.0, (n - 1) / 3)))
         emb = TSNE(n_components=config.n_components, perplexity=perplexity, random_state=config.random_state,
-                   n_jobs=os.cpu_count() or 1, initialization="pca", verbose=False).fit(X)
+                   n_jobs=_n_jobs(), initialization="pca", verbose=False).fit(X)
         return np.asarray(emb, dtype=np.float32)
     import umap  # noqa: PLC0415 - heavy import (numba), only when asked for
 

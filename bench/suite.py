@@ -1,0 +1,586 @@
+"""The benchmarks. Each ``bench_*`` takes a :class:`Ctx` (plus size overrides for tests) and returns
+``{"rows": [row(...)], "details": {...}, "notes": [...]}``; :mod:`bench.run` runs and reports them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bench.common import (DOMAINNET_IMAGES, REPO, SD21_BLOCKS, SD21_CHANNELS, EvalCounter, clustered_features,
+                          default_model, interleaved, median, ratio_of_medians, repeat, row, sd_sized_model,
+                          synthetic_domainbed, timed, unet_inputs)
+
+logger = logging.getLogger(__name__)
+
+GPU_NOTE = ("GPU numbers are not available: this session was not lent a GPU machine, so every figure here is "
+            "CPU-only.")
+
+
+@dataclass
+class Ctx:
+    """What every benchmark gets: mode, a scratch folder and a logger."""
+
+    quick: bool = False
+    work: Path = Path("/tmp/domainlens-bench")
+    log: Callable[[str], None] = print
+    _memo: dict = field(default_factory=dict)
+
+    def default_model(self):
+        if "default" not in self._memo:
+            self._memo["default"] = default_model(self.work)
+        return self._memo["default"]
+
+
+def _threads_note() -> str:
+    from threadpoolctl import threadpool_info
+
+    n = max((i.get("num_threads", 0) for i in threadpool_info()), default=0)
+    return f"{n} BLAS/OpenMP thread(s)"
+
+
+def _speed_row(metric: str, x: float, target: float | None, note: str = "") -> dict:
+    return row(metric, round(x, 2), "x", f">= {target:g}x" if target else None,
+               (x >= target) if target else None, note)
+
+
+# ----------------------------------------------------------------------- 1. all-block vs block-by-block
+
+
+def bench_all_blocks(ctx: Ctx, batch: int | None = None, reps: int | None = None, sd: bool | None = None) -> dict:
+    """Features of all B blocks from one UNet evaluation vs one full evaluation per block."""
+    from core.features import unet_block_features
+
+    model, source = ctx.default_model()
+    batch = batch or 32
+    reps = reps or (3 if ctx.quick else 5)
+    cases = [("default", model, batch, None, reps)]
+    if sd if sd is not None else not ctx.quick:
+        cases.append(("SD-2.1-sized @128px", sd_sized_model(), 1, 128, 2))
+    rows, details = [], {"default_model": source}
+    for label, m, n, res, r in cases:
+        x0, ids, cond = unet_inputs(m, n, res)
+        blocks = list(m.blocks)
+
+        def all_pass():
+            return unet_block_features(m, x0, ids, 50, cond, blocks)
+
+        def naive():
+            return {b: unet_block_features(m, x0, ids, 50, cond, [b], early_exit=False)[b] for b in blocks}
+
+        with EvalCounter(m.unet) as c_all:
+            fa = all_pass()
+        with EvalCounter(m.unet) as c_naive:
+            fn = naive()
+        max_abs = max(float((fa[b] - fn[b]).abs().max()) for b in blocks)
+        scale = max(float(fn[b].abs().max()) for b in blocks)
+        t = interleaved({"naive": naive, "all": all_pass}, r, warmup=0)
+        B = len(blocks)
+        evals = c_naive.n / c_all.n
+        wall = ratio_of_medians(t["naive"], t["all"])
+        rows += [
+            row(f"[{label}] UNet evaluations for all {B} blocks: naive / one pass", evals, "x",
+                f">= {B - 1}x", evals >= B - 1, f"{c_naive.n} vs {c_all.n} evaluations, batch {n}"),
+            _speed_row(f"[{label}] wall clock, naive / one pass", wall, None,
+                       f"{median(t['naive']):.3f} s vs {median(t['all']):.3f} s (medians of {r})"),
+            row(f"[{label}] features agree (max |diff| / max |feature|)", max_abs / scale, "", "<= 1e-5",
+                max_abs / scale <= 1e-5, "bit-identical" if max_abs == 0 else ""),
+        ]
+        details[label] = {"blocks": blocks, "evals_naive": c_naive.n, "evals_one_pass": c_all.n,
+                          "naive_s": t["naive"], "one_pass_s": t["all"], "batch": n, "max_abs_diff": max_abs}
+    return {"rows": rows, "details": details, "notes": []}
+
+
+# ----------------------------------------------------------------------------------- 2. early exit
+
+
+def bench_early_exit(ctx: Ctx, batch: int | None = None, reps: int | None = None, sd: bool | None = None) -> dict:
+    """Early exit vs full forward when only one block is wanted."""
+    from core.features import unet_block_features
+
+    model, source = ctx.default_model()
+    cases = [("default", model, batch or 32, None, reps or (3 if ctx.quick else 5))]
+    if sd if sd is not None else True:
+        cases.append(("SD-2.1-sized @128px", sd_sized_model(), 1 if ctx.quick else 2, 128, 2 if ctx.quick else 3))
+    rows, details = [], {"default_model": source}
+    for label, m, n, res, r in cases:
+        x0, ids, cond = unet_inputs(m, n, res)
+        for block in ("up_blocks.1", "down_blocks.0"):
+            full = lambda: unet_block_features(m, x0, ids, 50, cond, [block], early_exit=False)  # noqa: E731
+            ee = lambda: unet_block_features(m, x0, ids, 50, cond, [block], early_exit=True)  # noqa: E731
+            same = bool((full()[block] == ee()[block]).all())
+            t = interleaved({"full": full, "ee": ee}, r, warmup=0)
+            x = ratio_of_medians(t["full"], t["ee"])
+            rows.append(_speed_row(f"[{label}] early exit at {block}: full / early-exit", x, 1.3,
+                                   f"{median(t['full']):.3f} s vs {median(t['ee']):.3f} s, batch {n}"
+                                   + ("" if same else "; FEATURES DIFFER")))
+            details[f"{label}/{block}"] = {"full_s": t["full"], "early_exit_s": t["ee"], "identical": same}
+    return {"rows": rows, "details": details, "notes": [
+        "The default model is 16x16x4 latents with 3 levels; most of its time is fixed per-call overhead, so its "
+        "early-exit ratio understates what a full-size UNet gains; the SD-2.1-sized random-weight UNet shows that."]}
+
+
+# ----------------------------------------------------------------------------------- 3. throughput
+
+
+def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 32, 64), reps: int | None = None,
+                     sd_resolutions=None) -> dict:
+    """Images/s of the default model by batch size; SD-2.1-sized UNet s/img at 256 / 512 px."""
+    import torch
+
+    from core.features import PromptEncoder, extract_batch, run_batches, unet_block_features
+
+    model, source = ctx.default_model()
+    n = n_images or (64 if ctx.quick else 128)
+    reps = reps or (2 if ctx.quick else 3)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(n, 3, model.resolution, model.resolution, generator=g) * 2 - 1
+    ids = [f"img{i:05d}" for i in range(n)]
+    prompts = [""] * n
+    enc = PromptEncoder(model)
+    rows, details = [], {"default_model": source, "n_images": n}
+    for blocks_label, blocks in (("all blocks", list(model.blocks)), ("up_blocks.1", ["up_blocks.1"])):
+        rates = {}
+        for bs in batch_sizes:
+            fn = lambda sl: extract_batch(model, pixels[sl], ids[sl], prompts[sl], blocks, 50, 0, 1, enc)  # noqa: E731
+            ts = repeat(lambda: run_batches(fn, n, bs), reps, warmup=1)
+            rates[bs] = n / median(ts)
+            rows.append(row(f"[default, CPU] {blocks_label}, batch {bs}", round(rates[bs], 1), "img/s", None, None,
+                            "VAE encode + UNet (+ cached empty-prompt embedding)"))
+        details[blocks_label] = rates
+    # thread count: the same batch-32 extraction with 1 and with 2 torch threads, interleaved
+    threads0 = torch.get_num_threads()
+    fn = lambda sl: extract_batch(model, pixels[sl], ids[sl], prompts[sl], list(model.blocks), 50, 0, 1, enc)  # noqa: E731
+    runs = {}
+    for th in (1, 2):
+        runs[th] = lambda th=th: (torch.set_num_threads(th), run_batches(fn, n, 32))
+    try:
+        t = interleaved(runs, reps, warmup=1)
+    finally:
+        torch.set_num_threads(threads0)
+    rows.append(row("[default, CPU] all blocks, batch 32: 2 threads / 1 thread throughput",
+                    round(ratio_of_medians(t[1], t[2]), 2), "x", None, None,
+                    f"{n / median(t[1]):.1f} img/s (1) vs {n / median(t[2]):.1f} img/s (2); the machine is shared"))
+    details["threads_1_vs_2_s"] = t
+    sd_res = sd_resolutions if sd_resolutions is not None else ((256,) if ctx.quick else (256, 512))
+    if sd_res:
+        m = sd_sized_model()
+        for res in sd_res:
+            x0, sids, cond = unet_inputs(m, 1, res)
+            full = lambda: unet_block_features(m, x0, sids, 50, cond, list(m.blocks))  # noqa: E731
+            up1 = lambda: unet_block_features(m, x0, sids, 50, cond, ["up_blocks.1"])  # noqa: E731
+            t = interleaved({"full": full, "up1": up1}, 2 if ctx.quick else 3, warmup=1)
+            rows += [
+                row(f"[SD-2.1-sized, CPU] {res} px, UNet all blocks", round(median(t["full"]), 2), "s/img"),
+                row(f"[SD-2.1-sized, CPU] {res} px, UNet up to up_blocks.1 (early exit)",
+                    round(median(t["up1"]), 2), "s/img", None, None,
+                    f"{ratio_of_medians(t['full'], t['up1']):.2f}x faster than all blocks"),
+            ]
+            details[f"sd{res}"] = t
+    rows.append(row("GPU throughput", "n/a", "", None, None, GPU_NOTE))
+    return {"rows": rows, "details": details, "notes": [GPU_NOTE,
+            "SD-2.1-sized figures are UNet-only (random weights, batch 1, fp32); the VAE encoder adds to them."]}
+
+
+# -------------------------------------------------------------------------------- 4. slider latency
+
+
+def hover_texts(domains, classes, ids) -> list[str]:
+    """The Explore page's hover text (pages/_common.hover_texts), rebuilt here without streamlit."""
+    return [f"<b>{d}</b> · {c}<br>{i}" for d, c, i in zip(domains, classes, ids)]
+
+
+def scatter_figure(embedding, domains, classes, ids, categories=None):
+    """The Explore scatter as the page builds it: ``core.figures.scatter`` (WebGL above 1,000 points) coloured
+    by domain with the page's hover text; Plotly Express when core has no figures module.
+    Returns (figure, builder name)."""
+    try:
+        from core import figures  # noqa: PLC0415
+    except ImportError:
+        figures = None
+    if figures is not None and hasattr(figures, "scatter"):
+        return figures.scatter(embedding, list(domains), hover=hover_texts(domains, classes, ids),
+                               categories=categories, label_name="domain"), "core.figures.scatter"
+    import pandas as pd
+    import plotly.express as px
+
+    df = pd.DataFrame({"x": embedding[:, 0], "y": embedding[:, 1], "domain": domains, "class": classes, "id": ids})
+    return px.scatter(df, x="x", y="y", color="domain", hover_data=["class", "id"]), "plotly.express"
+
+
+def _inject(cache_dir: Path, config, shell, dataset, seed: int) -> str:
+    """Write SD-2.1-shaped features for ``config`` straight into the feature cache (as an extraction would)."""
+    from core.cache import FeatureCache
+    from core.engine import cache_key, select_images
+
+    ds, records = select_images(config, dataset)
+    key = cache_key(config, shell, ds, records)
+    cache = FeatureCache(cache_dir)
+    dom = ds.domain_labels(records)
+    cls = ds.class_labels(records)
+    feats = {b: clustered_features(len(records), SD21_CHANNELS[b], seed=seed + i, domains=dom, classes=cls)[0]
+             for i, b in enumerate(SD21_BLOCKS)}
+    ids = np.array([r.id for r in records], dtype=str)
+    for ci in range((len(records) + cache.CHUNK - 1) // cache.CHUNK):
+        sl = slice(ci * cache.CHUNK, (ci + 1) * cache.CHUNK)
+        arrays = {"ids": ids[sl], "skipped_ids": np.array([], dtype=str), "skipped_reasons": np.array([], dtype=str)}
+        arrays.update({f"f:{b}": v[sl] for b, v in feats.items()})
+        cache.save_chunk(key, ci, arrays)
+    return key
+
+
+def _sd_shell():
+    import torch
+    from diffusers import DDIMScheduler
+
+    from core.models import FeatureModel
+
+    return FeatureModel("sd21-shaped-injected", "diffusion", "bench-injected-sd21-shaped", 512, torch.device("cpu"),
+                        torch.float32, list(SD21_BLOCKS), scheduler=DDIMScheduler(num_train_timesteps=1000))
+
+
+def bench_slider(ctx: Ctx, sizes=None, reps: int | None = None, real_sizes=None, method: str | None = None) -> dict:
+    """Warm slider latency: explore_view on warm caches + scatter build + the JSON Streamlit sends."""
+    import plotly.io as pio
+
+    from core.datasets import load_dataset
+    from core.engine import ExtractionConfig
+    from core.explore import explore_view
+    from core.reduce import ReductionConfig
+
+    sizes = sizes or (1000, 5000)
+    real_sizes = real_sizes if real_sizes is not None else ((1000,) if ctx.quick else (1000, 5000))
+    reps = reps or (3 if ctx.quick else 5)
+    method = method or ("pca" if ctx.quick else "tsne")
+    reduction = ReductionConfig(method)
+    per_domain = max(sizes + tuple(real_sizes)) // 4
+    root = synthetic_domainbed(ctx.work / "data" / "synthetic-5k", per_cell=max(1, per_domain // 5))
+    dataset = load_dataset(str(root))
+    model, source = ctx.default_model()
+    rows, details = [], {"default_model": source, "layout": method, "dataset": str(root)}
+    cases = [("SD-2.1-shaped features (injected)", s, "sd") for s in sizes] + \
+            [("default model, extracted", s, "real") for s in real_sizes]
+    for label, size, kind in cases:
+        cache_dir = ctx.work / "cache-slider" / f"{kind}-{size}"
+        base = ExtractionConfig(dataset=str(root), max_per_domain=size // 4)
+        m = _sd_shell() if kind == "sd" else model
+        blocks = ("up_blocks.1", "up_blocks.0")
+        if kind == "sd":
+            for i, t in enumerate((50, 100)):
+                _inject(cache_dir, replace(base, timestep=t), m, dataset, seed=10 * i)
+        # warm up every setting the measured moves visit (extraction when real, layout, scores)
+        warm = {}
+        for t, b in ((50, blocks[0]), (50, blocks[1]), (100, blocks[0])):
+            s, res = timed(explore_view, replace(base, timestep=t), b, reduction, model=m, cache_dir=str(cache_dir),
+                           batch_size=64, dataset=dataset)
+            warm[f"t{t}/{b}"] = s
+        n_points = len(res.embedding)
+
+        def move(t, b, ds):
+            t0 = time.perf_counter()
+            r = explore_view(replace(base, timestep=t), b, reduction, model=m, cache_dir=str(cache_dir), dataset=ds)
+            t1 = time.perf_counter()
+            fs = r.features
+            fig, builder = scatter_figure(r.embedding, fs.domains, fs.classes, fs.ids, fs.domain_names)
+            t2 = time.perf_counter()
+            payload = pio.to_json(fig, validate=False)  # what st.plotly_chart sends
+            t3 = time.perf_counter()
+            return {"explore_view": t1 - t0, "figure": t2 - t1, "to_json": t3 - t2, "total": t3 - t0,
+                    "bytes": len(payload), "builder": builder, "n_unet": fs.n_unet_images}
+
+        moves = {"block change": ((50, blocks[0]), (50, blocks[1])),
+                 "timestep change": ((50, blocks[0]), (100, blocks[0]))}
+        for what, (a_, b_) in moves.items():
+            meas = {"rescan": [], "scan kept": []}
+            for i in range(reps):
+                src, dst = (a_, b_) if i % 2 == 0 else (b_, a_)
+                for variant, ds in (("rescan", None), ("scan kept", dataset)):
+                    move(*src, dataset)  # the setting the user moves from (untimed)
+                    meas[variant].append(move(*dst, ds))
+            assert all(x["n_unet"] == 0 for v in meas.values() for x in v), "a warm call ran the model"
+            for variant, ms in meas.items():
+                tot = median([x["total"] for x in ms])
+                parts = {k: round(median([x[k] for x in ms]), 4) for k in ("explore_view", "figure", "to_json")}
+                big = n_points >= 5000
+                how = ("explore_view(..., dataset=<scan kept by the page>)" if variant == "scan kept"
+                       else "explore_view as pages/explore.py calls it (rescans the folder)")
+                rows.append(row(f"[{label}, {n_points:,} pts] warm {what}: {how}", round(tot, 3), "s",
+                                "< 0.5 s" if big else None, (tot < 0.5) if big else None,
+                                "explore_view {explore_view:.3f} + figure {figure:.3f} + JSON {to_json:.3f} s".format(
+                                    **parts) + f"; {ms[0]['bytes'] / 1e6:.2f} MB; {ms[0]['builder']}"))
+                details[f"{kind}-{size}/{what}/{variant}"] = {"median_parts_s": parts, "median_total_s": tot,
+                                                             "payload_bytes": ms[0]["bytes"], "all": ms}
+        details[f"{kind}-{size}/warm-up_s"] = warm
+        if kind == "real":
+            rows.append(row(f"[{label}, {n_points:,} pts] cold first view (extract all blocks + {method} + scores)",
+                            round(warm[f"t50/{blocks[0]}"], 1), "s", None, None,
+                            f"{n_points / warm[f't50/{blocks[0]}']:.0f} img/s overall incl. decode, layout, scores"))
+    return {"rows": rows, "details": details, "notes": [
+        "A warm move re-reads the setting's cached feature chunks (every block, SHA-256 checked), hashes the "
+        "features for the layout key and loads the cached layout and scores; the model never runs (asserted). "
+        "'rescans the folder' is explore_view without dataset= (what pages/explore.py does today): it re-stats "
+        "every image file of the dataset on each move.",
+        f"Layouts are {method.upper()} (warm cost does not depend on the method; the cold cost does)."]}
+
+
+# ----------------------------------------------------------------------------------- 5. reductions
+
+
+def _worker(spec: dict, env: dict | None = None) -> dict:
+    e = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    for k, v in json.loads(os.environ.get("DOMAINLENS_BENCH_ORIG_THREADS", "{}")).items():  # see bench.run
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
+    p = subprocess.run([sys.executable, "-m", "bench._worker", json.dumps(spec)], cwd=REPO, env=e,
+                       capture_output=True, text=True, timeout=1800)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCH-JSON ")]
+    if p.returncode or not line:
+        raise RuntimeError(f"worker {spec} failed ({p.returncode}): {p.stderr[-2000:]}")
+    return json.loads(line[-1][len("BENCH-JSON "):])
+
+
+def bench_reductions(ctx: Ctx, sizes=None, dim: int = 1280, reps: int | None = None, umap_sizes=None,
+                     sklearn_sizes=None, raw_sizes=None) -> dict:
+    """t-SNE (openTSNE vs sklearn on PCA-50; openTSNE on raw) and UMAP (fresh process vs warm)."""
+    sizes = sizes or ((1000, 5000) if ctx.quick else (1000, 5000, 20000))
+    sklearn_sizes = sklearn_sizes if sklearn_sizes is not None else ((1000,) if ctx.quick else sizes)
+    raw_sizes = raw_sizes if raw_sizes is not None else ((1000,) if ctx.quick else sizes)
+    umap_sizes = umap_sizes if umap_sizes is not None else ((1000,) if ctx.quick else sizes)
+    reps = reps or 2
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    rows, details = [], {"dim": dim}
+    for n in sizes:
+        r = reps if n <= 5000 else 1
+        res = {}
+        for key, variant, env, use in (("core", "opentsne_pca50", None, True),
+                                       ("core_1thread", "opentsne_pca50", one_thread, True),
+                                       ("sklearn", "sklearn_pca50", None, n in sklearn_sizes),
+                                       ("raw", "opentsne_raw", None, n in raw_sizes)):
+            if use:
+                ctx.log(f"    t-SNE {key} n={n}")
+                res[key] = _worker({"task": "tsne", "variant": variant, "n": n, "dim": dim, "reps": r}, env)
+                details[f"tsne/{key}/{n}"] = res[key]
+        target = n == 5000 and dim == 1280
+        for key, label in (("core", "core's default"), ("core_1thread", "OMP_NUM_THREADS=1")):
+            o = res[key]
+            rows.append(row(f"t-SNE {n:,} x {dim}: openTSNE + PCA-50 (core), {label}, n_jobs={o['n_jobs']}: "
+                            "first call in a fresh process", round(o["first_s"], 2), "s",
+                            "<= 10 s" if target else None, (o["first_s"] <= 10) if target else None,
+                            f"import {o['import_s']:.1f} s not included"
+                            + (f"; warm {median(o['warm_s']):.2f} s" if o["warm_s"] else "")))
+        all_o = [res["core"]["first_s"]] + res["core"]["warm_s"]
+        for key, label in (("sklearn", "scikit-learn + PCA-50"), ("raw", f"openTSNE on raw {dim}-d")):
+            if key in res:
+                all_v = [res[key]["first_s"]] + res[key]["warm_s"]
+                rows.append(row(f"t-SNE {n:,} x {dim}: {label}, n_jobs={res[key]['n_jobs']}", round(median(all_v), 2),
+                                "s", None, None, f"{median(all_v) / median(all_o):.2f}x the time of openTSNE + PCA-50"))
+    for n in umap_sizes:
+        env = {"NUMBA_CACHE_DIR": str(ctx.work / f"numba-cache-{n}-{time.time_ns()}")}
+        ctx.log(f"    UMAP n={n} (empty numba cache, then populated)")
+        cold = _worker({"task": "umap", "n": n, "dim": dim, "reps": 2}, env)
+        again = _worker({"task": "umap", "n": n, "dim": dim, "reps": 1}, env)
+        details[f"umap/{n}"] = {"empty_numba_cache": cold, "populated_numba_cache": again}
+        warm = median(cold["warm_s"])
+        rows += [
+            row(f"UMAP {n:,} x {dim}: first fit, fresh process, empty NUMBA_CACHE_DIR", round(cold["first_s"], 1), "s",
+                None, None, f"+ import {cold['import_s']:.1f} s"),
+            row(f"UMAP {n:,} x {dim}: first fit, fresh process, populated NUMBA_CACHE_DIR", round(again["first_s"], 1),
+                "s", None, None, f"+ import {again['import_s']:.1f} s"),
+            row(f"UMAP {n:,} x {dim}: warm fit (same process)", round(warm, 2), "s", None, None,
+                f"first/warm = {cold['first_s'] / warm:.1f}x"),
+        ]
+    return {"rows": rows, "details": details, "notes": [
+        "Synthetic clustered data (4 domains x 6 classes in a 64-d subspace of 1280-d, plus noise).",
+        "openTSNE runs core.reduce.reduce (PCA-50, then 250 early-exaggeration + 500 iterations); scikit-learn runs "
+        "TSNE(init='pca', perplexity=30, 1000 iterations, Barnes-Hut) on the same PCA-50 with the same n_jobs.",
+        "Every t-SNE/UMAP call runs in a fresh interpreter (bench._worker) with the caller's thread settings "
+        "(not bench.run's --threads), so first-call costs are real. 'OMP_NUM_THREADS=1' rows set that variable, "
+        "which core.reduce passes to openTSNE as n_jobs."]}
+
+
+# -------------------------------------------------------------------------------------- 6. metrics
+
+
+UI_PER_DOMAIN = 100  # the dashboard's default "Images per domain" (pages/_common.default_max_per_domain)
+SCATTER_CAP = 20_000  # a larger cap for comparison (stratified by domain)
+
+
+def capped_points(labels: np.ndarray, cap: int | None = None, per_label: int | None = None, seed: int = 0
+                  ) -> np.ndarray:
+    """Sorted indices of a seeded subsample: at most ``per_label`` points of each label, or at most ``cap``
+    points in all with each label keeping its share."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in np.unique(labels):
+        idx = np.flatnonzero(labels == v)
+        k = per_label if per_label is not None else max(1, round(cap * len(idx) / len(labels)))
+        out.append(rng.choice(idx, min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def bench_metrics(ctx: Ctx, n: int = 100_000, dim: int = 1280, n_domains: int = 6, full_seeds: int | None = None,
+                  scatter_n: int | None = None) -> dict:
+    """Domain NMI at scale (KMeans vs MiniBatchKMeans) and the 100k-point scatter (WebGL, JSON size)."""
+    import plotly.io as pio
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from core import metrics
+
+    X, dom, cls = clustered_features(n, dim, n_domains=n_domains, n_classes=10, seed=1, domain_sep=1.0,
+                                     noise=1.0)
+    full_seeds = full_seeds or (1 if ctx.quick else 3)
+    rows, details = [], {"n": n, "dim": dim, "n_domains": n_domains}
+    fit_sample = getattr(metrics, "FIT_SAMPLE", None)
+    how = (f"KMeans fitted on a {fit_sample:,} sample" if fit_sample and n > fit_sample
+           else "MiniBatchKMeans" if n > getattr(metrics, "MINIBATCH_ABOVE", n) else "KMeans")
+    t_core, (nmi_core, sd_core) = timed(metrics.nmi, X, dom)  # the path core uses (5 seeds, automatic choice)
+    rows.append(row(f"domain NMI {n:,} x {dim}, core path (nmi(): 5 k-means seeds, {how})", round(t_core, 2), "s",
+                    "<= 10 s", t_core <= 10, f"NMI {nmi_core:.3f} +- {sd_core:.3f}; {_threads_note()}"))
+    details["nmi_core"] = {"s": t_core, "nmi": nmi_core, "std": sd_core, "method": how}
+    if not ctx.quick:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(2):
+            t2, _ = timed(metrics.nmi, X, dom)
+        rows.append(row("  same with 2 BLAS/OpenMP threads", round(t2, 2), "s", None, None,
+                        f"{t2 / t_core:.2f}x the time with {_threads_note()}; the machine is shared"))
+        details["nmi_core_2_threads_s"] = t2
+    # agreement per k-means seed: full KMeans on every point (reference) vs MiniBatchKMeans vs core's choice
+    per = []
+    for seed in range(full_seeds):
+        p = {"seed": seed}
+        for name, mb in (("kmeans", False), ("minibatch", True), ("core", None)):
+            t, (lab, _) = timed(metrics.kmeans_labels, X, n_domains, seed, mb)
+            p[f"{name}_s"], p[f"{name}_nmi"] = t, normalized_mutual_info_score(dom, lab)
+            p[f"{name}_labels"] = lab
+        p["ari_minibatch_vs_kmeans"] = adjusted_rand_score(p.pop("kmeans_labels"), p.pop("minibatch_labels"))
+        p.pop("core_labels")
+        per.append(p)
+    for name, label in (("minibatch", "MiniBatchKMeans (n_init=3, batch 4096)"), ("core", f"core's choice ({how})")):
+        d = max(abs(p["kmeans_nmi"] - p[f"{name}_nmi"]) for p in per)
+        rows.append(row(f"domain NMI, |full KMeans - {label}|, max over {full_seeds} seed(s)", round(d, 4), "",
+                        "<= 0.02", d <= 0.02,
+                        f"NMI {median([p['kmeans_nmi'] for p in per]):.3f} vs {median([p[f'{name}_nmi'] for p in per]):.3f}; "
+                        f"time per seed {median([p['kmeans_s'] for p in per]):.2f} s vs "
+                        f"{median([p[f'{name}_s'] for p in per]):.2f} s"))
+    details["per_seed"] = per
+    # scatter, built as the Explore page builds it (core.figures.scatter, WebGL, page hover text)
+    sn = scatter_n or n
+    rng = np.random.default_rng(0)
+    emb = (rng.normal(size=(sn, 2)) + dom[:sn, None]).astype(np.float32)
+    domains = np.array([f"domain{d}" for d in dom[:sn]])
+    classes = np.array([f"class{c}" for c in cls[:sn]])
+    ids = np.array([f"domain{d}/class{c}/{i:06d}.jpg" for i, (d, c) in enumerate(zip(dom[:sn], cls[:sn]))])
+    cats = sorted(set(domains.tolist()))
+    subsets = [("all points", np.arange(sn)),
+               (f"{SCATTER_CAP:,}-point cap (stratified)", capped_points(dom[:sn], cap=SCATTER_CAP)),
+               (f"UI default sample ({UI_PER_DOMAIN} images per domain)", capped_points(dom[:sn], per_label=UI_PER_DOMAIN))]
+    for label, idx in subsets:
+        def build(idx=idx):
+            fig, builder = scatter_figure(emb[idx], domains[idx], classes[idx], ids[idx], cats)
+            return fig, builder, pio.to_json(fig, validate=False)
+
+        ts = repeat(build, 1 if ctx.quick else 3)
+        fig, builder, payload = build()
+        kinds = sorted({tr.type for tr in fig.data})
+        rows.append(row(f"scatter, {label}: {len(idx):,} of {sn:,} points ({len(idx) / sn:.1%} shown)",
+                        round(median(ts), 2), "s", None, None,
+                        f"figure + JSON; {len(payload) / 1e6:.2f} MB payload; {'/'.join(kinds)}; {builder}"))
+        details[f"scatter/{label}"] = {"points": len(idx), "fraction": len(idx) / sn, "s": ts,
+                                       "payload_bytes": len(payload), "trace_types": kinds}
+    return {"rows": rows, "details": details, "notes": [
+        f"Synthetic clustered data: {n_domains} domains x 10 classes, {dim}-d.",
+        f"The dashboard samples images before extracting (sidebar 'Images per domain', default {UI_PER_DOMAIN}), so "
+        "its scatter, layout and scores all use that sample; it draws every sampled point (no separate scatter cap)."]}
+
+
+# ---------------------------------------------------------------------------------------- 7. cache
+
+
+def bench_cache(ctx: Ctx, n_images: int = 1024, channels: int = 1280, reps: int | None = None) -> dict:
+    """On-disk size and load time per 1k images per block (fp32 vs fp16 npz) and DomainNet extrapolation."""
+    from core.cache import FeatureCache, safe_load_npz
+
+    reps = reps or (3 if ctx.quick else 7)
+    root = ctx.work / f"cache-bench-{time.time_ns()}"
+    X, _, _ = clustered_features(n_images, channels, seed=3)
+    ids = np.array([f"domain{i % 6}/class{i % 345:03d}/image_{i:07d}.jpg" for i in range(n_images)], dtype=str)
+    chunk = FeatureCache.CHUNK
+    res = {}
+    for dt in ("float32", "float16"):
+        cache = FeatureCache(root / dt)
+        n_chunks = (n_images + chunk - 1) // chunk
+        for ci in range(n_chunks):
+            sl = slice(ci * chunk, (ci + 1) * chunk)
+            cache.save_chunk("k" * 32, ci, {"ids": ids[sl], "skipped_ids": np.array([], dtype=str),
+                                           "skipped_reasons": np.array([], dtype=str),
+                                           "f:up_blocks.1": X[sl].astype(dt)})
+        paths = [cache.chunk_path("k" * 32, ci) for ci in range(n_chunks)]
+        size = sum(p.stat().st_size for p in paths)
+        feat_bytes = X.astype(dt).nbytes
+
+        def load_core():
+            return [cache.load_chunk("k" * 32, ci, list(ids[ci * chunk:(ci + 1) * chunk]), ["up_blocks.1"])
+                    for ci in range(n_chunks)]
+
+        def load_raw():
+            out = []
+            for p in paths:
+                with np.load(p, allow_pickle=False) as z:
+                    out.append(z["f:up_blocks.1"])
+            return out
+
+        assert all(c is not None for c in load_core())
+        assert safe_load_npz(paths[0]) is not None
+        t = interleaved({"core": load_core, "raw": load_raw}, reps, warmup=1)
+        per_1k = 1000 / n_images
+        res[dt] = {"bytes_per_1k": size * per_1k, "feature_bytes_per_1k": feat_bytes * per_1k,
+                   "load_core_s_per_1k": median(t["core"]) * per_1k, "load_raw_s_per_1k": median(t["raw"]) * per_1k}
+    rows = []
+    for dt, r in res.items():
+        rows += [
+            row(f"cache size per 1k images x 1 block (C={channels}), {dt} npz", round(r["bytes_per_1k"] / 1e6, 2), "MB",
+                None, None, f"features {r['feature_bytes_per_1k'] / 1e6:.2f} MB + ids, digest, zip headers"),
+            row(f"cache load per 1k images x 1 block, {dt} (FeatureCache.load_chunk, SHA-256 checked)",
+                round(r["load_core_s_per_1k"] * 1000, 1), "ms", None, None,
+                f"np.load alone {r['load_raw_s_per_1k'] * 1000:.1f} ms; from the page cache"),
+        ]
+    total_c = sum(SD21_CHANNELS.values())
+    scale = DOMAINNET_IMAGES / 1000 * total_c / channels
+    up1 = DOMAINNET_IMAGES / 1000 * SD21_CHANNELS["up_blocks.1"] / channels
+    extrap = {}
+    for dt, r in res.items():
+        extrap[dt] = {"all_blocks_GB": r["bytes_per_1k"] * scale / 1e9, "up_blocks_1_GB": r["bytes_per_1k"] * up1 / 1e9,
+                      "all_blocks_load_s": r["load_core_s_per_1k"] * scale,
+                      "up_blocks_1_load_s": r["load_core_s_per_1k"] * up1}
+        rows.append(row(f"DomainNet ({DOMAINNET_IMAGES:,} images), all 9 SD-2.1 blocks ({total_c} ch), {dt}",
+                        round(extrap[dt]["all_blocks_GB"], 1), "GB", None, None,
+                        f"per timestep/prompt setting; load ~{extrap[dt]['all_blocks_load_s']:.0f} s; up_blocks.1 only "
+                        f"{extrap[dt]['up_blocks_1_GB']:.1f} GB, ~{extrap[dt]['up_blocks_1_load_s']:.0f} s"))
+    return {"rows": rows, "details": {"per_1k": res, "domainnet": extrap, "n_images": n_images,
+                                      "channels": channels, "sd21_channels": SD21_CHANNELS},
+            "notes": ["core's cache stores float32 (np.savez, uncompressed); the float16 rows measure the same layout "
+                      "with half-precision arrays (what an fp16 cache option would cost).",
+                      "Extrapolations scale the measured per-1k-images-per-1280-channels figures linearly; load "
+                      "times are from the OS page cache (a cold disk adds its read time)."]}
+
+
+BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
+    1: ("All-block capture vs block-by-block", bench_all_blocks),
+    2: ("Early exit vs full forward", bench_early_exit),
+    3: ("Extraction throughput (CPU)", bench_throughput),
+    4: ("Warm slider latency (Explore)", bench_slider),
+    5: ("Reductions: t-SNE and UMAP", bench_reductions),
+    6: ("Metrics and scatter at 100k points", bench_metrics),
+    7: ("Feature cache: size and load time", bench_cache),
+}

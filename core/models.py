@@ -232,7 +232,11 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: s
 
 def _load_diffusion(name: str, folder: Path, dev: torch.device, dt: torch.dtype) -> FeatureModel:
     import diffusers
+    import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
     for sub in ("unet", "vae", "text_encoder"):
         _check_safetensors(folder, sub)
@@ -247,8 +251,6 @@ def _load_diffusion(name: str, folder: Path, dev: torch.device, dt: torch.dtype)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw) if (folder / "vae").is_dir() else None
         text_encoder = tokenizer = None
         if (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
-            import transformers
-
             te_cfg = json.loads((folder / "text_encoder" / "config.json").read_text())
             te_cls = getattr(transformers, (te_cfg.get("architectures") or ["CLIPTextModel"])[0],
                              transformers.CLIPTextModel)

@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# numba (pynndescent for openTSNE, umap) compiles ~50 s per fresh cache folder: keep one across sessions
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "domainlens" / "numba"))
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +25,6 @@ def builtin_data_home(tmp_path_factory) -> Path:
 def _isolated_dirs(tmp_path, builtin_data_home, monkeypatch):
     monkeypatch.setenv("DOMAINLENS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("DOMAINLENS_DATA_HOME", str(builtin_data_home))
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(builtin_data_home / "numba"))
 
 
 @pytest.fixture(scope="session")

@@ -434,7 +434,8 @@ def reduction_controls(seed: int, prefix: str = "", container: Any = st) -> Redu
     _ensure(f"{prefix}reducer", lambda v: v in REDUCER_LABELS, "pca")
     method = container.radio("Layout", list(REDUCER_LABELS), key=f"{prefix}reducer", horizontal=True,
                              format_func=REDUCER_LABELS.get,
-                             help="2-D layout for looking only; the scores use the full features.")
+                             help="2-D layout for looking only; the scores use the full features. t-SNE and UMAP "
+                                  "compile numba code the first time they run on a machine (~20-40 s).")
     kw: dict[str, Any] = {}
     if method == "tsne":
         _ensure(f"{prefix}perplexity", lambda v: isinstance(v, (int, float)), 30)

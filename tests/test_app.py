@@ -1,0 +1,391 @@
+"""The dashboard through streamlit's AppTest, every page, with the tiny test model.
+
+How the model is patched: the app honours ``DOMAINLENS_DEFAULT_MODEL`` (and ``DOMAINLENS_MAX_PER_DOMAIN``),
+so each test points the default model at the ``tiny_sd_dir`` folder through the environment; the same
+mechanism drives the real-browser test's server subprocess. Expected values come from core called
+directly with the configuration the page should have built; they share the test's on-disk cache, whose
+keys hash the whole configuration, so a page that built another configuration gets other numbers.
+"""
+
+from __future__ import annotations
+
+import os
+
+# As app.py does for the server: must precede the first torch import of this process (see app.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import base64
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import plotly.io as pio
+import pytest
+from PIL import Image
+
+from core.engine import ExtractionConfig
+from core.features import PromptSpec
+from core.metrics import Scores
+from core.reduce import ReductionConfig
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "app.py")
+N_PER_DOMAIN = 10
+DATASET = "synthetic-pacs:heldout"
+TYPED = "Folder or CSV manifest…"
+OTHER_MODEL = "Other: hub id or local folder…"
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture()
+def tiny_app(tiny_sd_dir, monkeypatch):
+    """An AppTest of app.py whose default model is the tiny test model, 10 images per domain."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DOMAINLENS_DEFAULT_MODEL", str(tiny_sd_dir))
+    monkeypatch.setenv("DOMAINLENS_MAX_PER_DOMAIN", str(N_PER_DOMAIN))
+    monkeypatch.delenv("DOMAINLENS_DATA_ROOTS", raising=False)
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+def core_explore(model: str, block: str = "up_blocks.1", timestep: int = 50,
+                 prompt: PromptSpec = PromptSpec(), method: str = "pca", dataset: str = DATASET, **red):
+    """The Explore numbers from core directly (the test's cache: a hit only for the very same config)."""
+    from core.explore import explore_view
+    from core.models import load_model
+
+    cfg = ExtractionConfig(dataset=dataset, model=model, timestep=timestep, prompt=prompt, seed=0,
+                           max_per_domain=N_PER_DOMAIN)
+    return explore_view(cfg, block, ReductionConfig(method=method, random_state=0, **red), model=load_model(model))
+
+
+def expected_metrics(s: Scores) -> dict[str, str]:
+    pct = "n/a" if np.isnan(s.domain_probe_acc) else f"{s.domain_probe_acc:.1%}"
+    return {"Domain NMI": f"{s.domain_nmi:.3f} ± {s.domain_nmi_std:.3f}",
+            "Class NMI": f"{s.class_nmi:.3f} ± {s.class_nmi_std:.3f}",
+            "Domain predictability": pct, "Domain silhouette": f"{s.domain_silhouette:.3f}"}
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _decode(obj):
+    """Plotly sends arrays base64-packed ({"dtype", "bdata", "shape"}); unpack them to lists."""
+    if isinstance(obj, dict):
+        if "bdata" in obj and "dtype" in obj:
+            a = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
+            if "shape" in obj:
+                a = a.reshape([int(x) for x in str(obj["shape"]).split(",")])
+            return a.tolist()
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def charts(at) -> list:
+    """The page's plotly figures, as sent to the browser."""
+    return [pio.from_json(json.dumps(_decode(json.loads(c.proto.spec)))) for c in at.get("plotly_chart")]
+
+
+def assert_clean(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def scatter_xy(fig) -> np.ndarray:
+    """(n, 2) coordinates in row order, through each point's customdata row index."""
+    n = sum(len(t.x) for t in fig.data)
+    out = np.full((n, 2), np.nan)
+    for t in fig.data:
+        rows = np.asarray(t.customdata)[:, 0].astype(int)
+        out[rows, 0], out[rows, 1] = t.x, t.y
+    return out
+
+
+def make_domainbed(root: Path, domains=("d0", "d1"), classes=("c0", "c1"), n: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for di, d in enumerate(domains):
+        for c in classes:
+            (root / d / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = (rng.random((32, 32, 3)) * 60 + 90 * di).astype(np.uint8)
+                Image.fromarray(a).save(root / d / c / f"{i}.png")
+    return root
+
+
+def choose_typed_dataset(at, path: str):
+    at.run()
+    at.selectbox(key="dataset").select(TYPED).run()
+    at.text_input(key="dataset_path").input(path).run()
+    return at
+
+
+# -------------------------------------------------------------------------------------------- explore
+
+
+def test_explore_metrics_and_chart_match_core(tiny_app, tiny_sd_dir):
+    at = tiny_app.run()
+    assert_clean(at)
+    ref = core_explore(str(tiny_sd_dir))
+    assert metrics(at) == expected_metrics(ref.scores)
+
+    (fig,) = charts(at)
+    assert [t.name for t in fig.data] == ["cartoon", "painting", "photo", "sketch"]  # one trace per domain
+    assert sum(len(t.x) for t in fig.data) == 4 * N_PER_DOMAIN
+    assert {t.type for t in fig.data} == {"scatter"}  # SVG below 1000 points
+    np.testing.assert_allclose(scatter_xy(fig), ref.embedding, rtol=1e-4, atol=1e-5)
+    assert fig.layout.title.text.startswith("up_blocks.1 · t = 50")
+    # the block slider lists every block in UNet order, the timestep slider the scheduler's range
+    assert at.select_slider(key="block").options == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
+                                                     "up_blocks.0", "up_blocks.1", "up_blocks.2"]
+    assert at.select_slider(key="block").value == "up_blocks.1"
+    ts = at.slider(key="timestep")
+    assert (ts.min, ts.max, ts.value) == (0, 999, 50)
+
+
+def test_moving_the_block_and_timestep_sliders_changes_the_scores(tiny_app, tiny_sd_dir):
+    at = tiny_app.run()
+    before = metrics(at)["Domain NMI"]
+    at.select_slider(key="block").set_value("down_blocks.0").run()
+    assert_clean(at)
+    after = metrics(at)
+    assert after["Domain NMI"] != before
+    assert after == expected_metrics(core_explore(str(tiny_sd_dir), block="down_blocks.0").scores)
+    assert charts(at)[0].layout.title.text.startswith("down_blocks.0")
+
+    at.slider(key="timestep").set_value(500).run()
+    assert_clean(at)
+    ref = core_explore(str(tiny_sd_dir), block="down_blocks.0", timestep=500)
+    assert metrics(at) == expected_metrics(ref.scores)
+    assert "t = 500" in charts(at)[0].layout.title.text
+
+
+def test_prompt_modes_reach_core(tiny_app, tiny_sd_dir):
+    at = tiny_app.run()
+    at.radio(key="prompt_mode").set_value("template").run()
+    assert_clean(at)
+    ref = core_explore(str(tiny_sd_dir), prompt=PromptSpec("template", "a photo of a {class}"))
+    assert metrics(at) == expected_metrics(ref.scores)
+    at.radio(key="prompt_mode").set_value("custom").run()
+    at.text_input(key="prompt_text").input("a sketch").run()
+    assert_clean(at)
+    ref = core_explore(str(tiny_sd_dir), prompt=PromptSpec("custom", "a sketch"))
+    assert metrics(at) == expected_metrics(ref.scores)
+
+
+def test_colouring_and_reducers(tiny_app):
+    at = tiny_app.run()
+    at.radio(key="color_by").set_value("class").run()
+    assert_clean(at)
+    assert [t.name for t in charts(at)[0].data] == ["circle", "cross", "house", "square", "star", "triangle"]
+    at.radio(key="color_by").set_value("cluster").run()
+    assert_clean(at)
+    fig = charts(at)[0]
+    assert len(fig.data) <= 4 and all(t.name.startswith("cluster ") for t in fig.data)
+    assert sum(len(t.x) for t in fig.data) == 4 * N_PER_DOMAIN
+    scores = metrics(at)
+    at.session_state["perplexity"] = 10  # a widget's value set ahead of its first render: one t-SNE run
+    at.radio(key="reducer").set_value("tsne").run()
+    assert_clean(at)
+    assert at.slider(key="perplexity").value == 10
+    fig = charts(at)[0]
+    assert "t-SNE" in fig.layout.title.text and sum(len(t.x) for t in fig.data) == 4 * N_PER_DOMAIN
+    assert metrics(at) == scores  # the layout never changes the numbers
+
+
+def test_export_panel_cli_command_reproduces_the_metric(tiny_app, tmp_path, capsys):
+    """The command shown under "Export & reproduce" gives the same domain NMI from the CLI."""
+    from core.cli import main
+
+    at = tiny_app.run()
+    (code,) = [c.value for c in at.code if "python -m core sweep" in c.value]
+    argv = shlex.split(code)
+    assert argv[:4] == ["python", "-m", "core", "sweep"]
+    capsys.readouterr()
+    assert main(argv[3:] + ["--json", "--no-progress", "--cache-dir", str(tmp_path / "cli-cache")]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["block"] == "up_blocks.1" and row["timestep"] == 50
+    assert metrics(at)["Domain NMI"] == f"{row['domain_nmi']:.3f} ± {row['domain_nmi_std']:.3f}"
+    labels = [b.label for b in at.get("download_button")]
+    assert {"layout (HTML)", "metrics (CSV)", "configuration (JSON)"} <= set(labels)
+
+
+def test_selection_parsing_maps_points_to_rows():
+    from pages import _common as ui
+
+    event = {"selection": {"points": [{"customdata": [7]}, {"customdata": [2]}, {"customdata": [7]}, {"x": 1}]}}
+    assert ui.selected_rows(event) == [7, 2]
+    assert ui.selected_rows({"selection": {"points": []}}) == []
+    assert ui.selected_rows(None) == []
+
+
+# --------------------------------------------------------------------------------- sidebar and errors
+
+
+def test_pixels_baseline_has_no_timestep_or_prompt(tiny_app):
+    at = tiny_app.run()
+    at.selectbox(key="model").select("pixels").run()
+    assert_clean(at)
+    assert not [s for s in at.slider if s.key == "timestep"]
+    assert metrics(at) == expected_metrics(core_explore("pixels", block="pixels").scores)
+
+
+def test_missing_embedded_model_says_how_to_get_it(tiny_app, tmp_path, monkeypatch):
+    import core.models
+
+    kind, _, desc = core.models.REGISTRY["domainlens-tiny"]
+    monkeypatch.setitem(core.models.REGISTRY, "domainlens-tiny", (kind, str(tmp_path / "not-trained"), desc))
+    monkeypatch.delenv("DOMAINLENS_DEFAULT_MODEL")
+    at = tiny_app.run()
+    assert not at.exception
+    (err,) = at.error
+    assert "python -m core.train_default" in err.value and "pixels" in err.value
+    assert not at.get("plotly_chart")
+
+
+def test_hub_id_not_in_the_cache_is_an_error_not_a_traceback(tiny_app):
+    at = tiny_app.run()
+    at.selectbox(key="model").select(OTHER_MODEL).run()
+    at.text_input(key="model_path").input("nobody-here/no-such-model").run()
+    assert not at.exception
+    assert any("not in the local Hugging Face cache" in e.value for e in at.error)
+
+
+def test_bad_dataset_path_shows_an_error(tiny_app, tmp_path, monkeypatch):
+    root = tmp_path / "roots"
+    root.mkdir()
+    monkeypatch.setenv("DOMAINLENS_DATA_ROOTS", str(root))
+    at = choose_typed_dataset(tiny_app, str(root / "no-such-dataset"))
+    assert not at.exception
+    assert any("does not exist" in e.value for e in at.error)
+    assert not at.get("plotly_chart")
+
+
+def test_paths_outside_the_data_roots_are_refused(tiny_app, tmp_path, monkeypatch):
+    root = tmp_path / "roots"
+    root.mkdir()
+    outside = make_domainbed(tmp_path / "outside")
+    (root / "link").symlink_to(outside, target_is_directory=True)  # a link inside that leads outside
+    monkeypatch.setenv("DOMAINLENS_DATA_ROOTS", str(root))
+    for typed in (str(outside), str(root / ".." / "outside"), "link", str(root / "link")):
+        at = choose_typed_dataset(tiny_app, typed)
+        assert not at.exception, typed
+        assert any("outside the data roots" in e.value for e in at.error), typed
+        assert not at.get("plotly_chart"), typed
+
+
+def test_typed_paths_need_configured_roots(tiny_app, tmp_path):
+    at = choose_typed_dataset(tiny_app, str(make_domainbed(tmp_path / "ds")))
+    assert not at.exception
+    assert any("no data roots are configured" in e.value for e in at.error)
+
+
+def test_dataset_inside_the_roots_is_found_and_explored(tiny_app, tmp_path, monkeypatch):
+    root = tmp_path / "roots"
+    ds = make_domainbed(root / "mini")
+    make_domainbed(root / "single", domains=("only",))
+    monkeypatch.setenv("DOMAINLENS_DATA_ROOTS", str(root))
+    at = tiny_app.run()
+    # DomainBed folders under the roots are listed (not the root that holds them)
+    assert [o for o in at.selectbox(key="dataset").options if str(root) in o] == [f"mini ({ds})"]
+    at.selectbox(key="dataset").select(str(ds)).run()
+    assert_clean(at)
+    (fig,) = charts(at)
+    assert [t.name for t in fig.data] == ["d0", "d1"] and sum(len(t.x) for t in fig.data) == 12
+    # typed relative to the root works too; a one-domain dataset is refused with what to do
+    at = choose_typed_dataset(tiny_app, "mini")
+    assert_clean(at)
+    at.text_input(key="dataset_path").input("single").run()
+    assert not at.exception
+    assert any("at least 2" in e.value for e in at.error)
+
+
+# -------------------------------------------------------------------------------------- other pages
+
+
+def test_sweep_page_matches_core_sweep(tiny_app, tiny_sd_dir):
+    from core.models import load_model
+    from core.sweep import run_sweep
+
+    at = tiny_app.run()
+    at.switch_page("pages/sweep.py").run()
+    assert_clean(at)
+    assert at.info and "Run sweep" in at.info[0].value
+    at.multiselect(key="sweep_blocks").set_value(["mid_block", "up_blocks.1"])
+    at.multiselect(key="sweep_timesteps").set_value([10, 500])
+    at.button(key="sweep_run").click().run()
+    assert_clean(at)
+    shown = at.dataframe[0].value
+    ref = run_sweep(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N_PER_DOMAIN, seed=0),
+                    ["mid_block", "up_blocks.1"], [10, 500], model=load_model(str(tiny_sd_dir)))
+    assert len(shown) == 4
+    np.testing.assert_allclose(shown["domain_nmi"].to_numpy(float), ref["domain_nmi"].to_numpy(float))
+    np.testing.assert_allclose(shown["class_nmi"].to_numpy(float), ref["class_nmi"].to_numpy(float))
+    figs = charts(at)
+    assert [f.data[0].type for f in figs] == ["heatmap", "heatmap", "scatter", "scatter"]
+    dom = figs[0].data[0]
+    assert list(dom.y) == ["mid_block", "up_blocks.1"] and list(dom.x) == ["10", "500"]
+    best = ref.loc[ref["domain_nmi"].idxmax()]
+    assert f"**{best['block']}** at t = {int(best['timestep'])}" in at.success[0].value
+    z = np.asarray(dom.z, dtype=float)
+    assert z[list(dom.y).index(best["block"]), list(dom.x).index(str(int(best["timestep"])))] == pytest.approx(
+        best["domain_nmi"])
+    assert figs[0].layout.shapes  # the best cell is outlined
+    assert any("--timesteps 10,500 --blocks mid_block,up_blocks.1" in c.value for c in at.code)
+
+
+def test_compare_page_aligns_b_to_a_and_shows_deltas(tiny_app, tiny_sd_dir):
+    from core import figures
+
+    at = tiny_app.run()
+    at.switch_page("pages/compare.py").run()
+    assert_clean(at)
+    assert at.selectbox(key="cmp_a_model").value == str(tiny_sd_dir)
+    assert at.selectbox(key="cmp_b_model").value == "pixels"
+    ra = core_explore(str(tiny_sd_dir))
+    rb = core_explore("pixels", block="pixels")
+    shown = [m for m in at.metric]
+    assert [m.value for m in shown[:4]] == list(expected_metrics(ra.scores).values())
+    assert [m.value for m in shown[4:]] == list(expected_metrics(rb.scores).values())
+    assert shown[4].label == "Domain NMI" and shown[4].delta == f"{rb.scores.domain_nmi - ra.scores.domain_nmi:+.3f}"
+    fa, fb = charts(at)
+    aligned, _ = figures.align_by_ids(ra.features.ids, ra.embedding, rb.features.ids, rb.embedding)
+    np.testing.assert_allclose(scatter_xy(fa), ra.embedding, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scatter_xy(fb), aligned, rtol=1e-4, atol=1e-4)
+    assert list(fa.layout.xaxis.range) == list(fb.layout.xaxis.range)  # same frame, comparable places
+    # B can be another block of the same model
+    at.selectbox(key="cmp_b_model").select(str(tiny_sd_dir)).run()
+    at.select_slider(key="cmp_b_block").set_value("down_blocks.0").run()
+    assert_clean(at)
+    rb = core_explore(str(tiny_sd_dir), block="down_blocks.0")
+    assert [m.value for m in at.metric[4:]] == list(expected_metrics(rb.scores).values())
+
+
+def test_pseudo_domains_page(tiny_app, tiny_sd_dir):
+    from core import figures
+
+    at = tiny_app.run()
+    at.switch_page("pages/pseudo_domains.py").run()
+    assert_clean(at)
+    assert at.number_input(key="pd_k").value == 4  # default K = number of domains
+    fs = core_explore(str(tiny_sd_dir)).features
+    ref = figures.pseudo_domains(fs.features["up_blocks.1"], 4, fs.domains, fs.classes, random_state=0)
+    m = metrics(at)
+    assert m["Clusters ↔ domains NMI"] == f"{ref.domain_nmi:.3f}"
+    assert m["Clusters ↔ classes NMI"] == f"{ref.class_nmi:.3f}"
+    by_domain, by_class = charts(at)
+    assert list(by_domain.data[0].x) == ["cartoon", "painting", "photo", "sketch"]
+    assert len(by_domain.data[0].y) == 4 and len(by_class.data[0].x) == 6
+    np.testing.assert_array_equal(np.asarray(by_domain.data[0].text, dtype=int), ref.by_domain.to_numpy())
+    exemplar_grids = [im for im in at.image if im.value and im.value[0].startswith("data:image/png;base64,")]
+    assert len(exemplar_grids) == 4 and all(1 <= len(g.value) <= 6 for g in exemplar_grids)
+    labels = {b.label for b in at.get("download_button")}
+    assert {"assignments (CSV)", "centroids (CSV)", "centroids.npy"} <= labels
+    at.number_input(key="pd_k").set_value(3).run()
+    assert_clean(at)
+    assert len(charts(at)[0].data[0].y) == 3

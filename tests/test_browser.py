@@ -1,0 +1,204 @@
+"""One real-browser test: `streamlit run app.py` in a subprocess, driven by Playwright + Debian Chromium.
+
+It loads Explore, waits for the plot, reads the domain NMI, moves the block slider with the keyboard and
+checks that the chart re-rendered and the NMI changed. Skipped only when /usr/bin/chromium is absent.
+
+Run as a script to refresh the README screenshot::
+
+    python tests/test_browser.py --out docs/explore.png [--model domainlens-tiny] [--max-per-domain 100]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+PLOT_JS = """() => {
+  const el = document.querySelector('.js-plotly-plot');
+  if (!el || !el.data || !el._fullData || !el.layout) return null;
+  // .data holds the figure as sent (arrays base64-packed); ._fullData holds the decoded arrays.
+  const xs = el._fullData.map(t => Array.from(t.x || []));
+  return JSON.stringify({n: xs.map(x => x.length), x: xs.map(x => x.slice(0, 5)),
+                         traces: el.data.length, title: (el.layout.title && el.layout.title.text) || ''});
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str], log_path: Path, timeout: float = 120) -> Iterator[str]:
+    """Start `streamlit run app.py` on a free localhost port; yield its URL; always stop it."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"streamlit did not become healthy in {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
+
+
+def metric_value(page, label: str) -> str:
+    m = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    return m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def wait_for_explore(page, timeout_ms: int = 180_000) -> str:
+    """Wait until the Explore chart and its metrics are drawn and no rerun is going on; the plot state."""
+    page.wait_for_selector(".js-plotly-plot", timeout=timeout_ms)
+    page.wait_for_selector('[data-testid="stMetricValue"]', timeout=timeout_ms)
+    page.wait_for_function(f"({PLOT_JS})() !== null", timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+    return page.evaluate(PLOT_JS)
+
+
+def wait_idle(page, timeout_ms: int = 180_000) -> None:
+    """Streamlit shows a 'Running...' status widget while a script runs."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+def launch(playwright, profile: Path, **kw):
+    return playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, **kw)
+
+
+def app_env(model: str, max_per_domain: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DOMAINLENS_DEFAULT_MODEL=model, DOMAINLENS_MAX_PER_DOMAIN=str(max_per_domain), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
+def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    env = app_env(str(tiny_sd_dir), 10)
+    with streamlit_server(env, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        ctx = launch(p, tmp_path / "profile", viewport={"width": 1400, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.goto(url, wait_until="domcontentloaded")
+            before = json.loads(wait_for_explore(page))
+            nmi_before = metric_value(page, "Domain NMI")
+            assert sum(before["n"]) == 40  # 10 images x 4 domains of synthetic-pacs
+            assert before["traces"] == 4  # one trace per domain
+            assert before["title"].startswith("up_blocks.1")
+            assert "±" in nmi_before
+
+            slider = page.get_by_role("slider", name="UNet block")  # the thumb: <input type=range aria-label=...>
+            slider.focus()
+            page.keyboard.press("ArrowRight")  # up_blocks.1 -> up_blocks.2
+            page.wait_for_function(
+                "([js, old]) => { const s = eval(js)(); return s !== null && JSON.parse(s).title !== old; }",
+                arg=[PLOT_JS, before["title"]], timeout=180_000)
+            wait_idle(page)
+            after = json.loads(page.evaluate(PLOT_JS))
+            nmi_after = metric_value(page, "Domain NMI")
+            assert after["title"].startswith("up_blocks.2")
+            assert after["x"] != before["x"]  # new coordinates: the chart re-rendered
+            assert sum(after["n"]) == 40
+            assert nmi_after != nmi_before, (nmi_before, nmi_after)
+
+            # click a point: its thumbnail appears beside the chart
+            point = page.locator(".js-plotly-plot .scatterlayer path.point").nth(3).bounding_box()
+            page.mouse.click(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+            page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
+            wait_idle(page)
+            assert page.locator('[data-testid="stImage"] img').first.get_attribute("src").startswith("data:image/png")
+            # lasso a region: a grid of the selected images with their labels
+            page.locator('.js-plotly-plot .modebar-btn[data-title="Lasso Select"]').click()
+            box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.05)
+            page.mouse.down()
+            for fx, fy in ((0.95, 0.05), (0.95, 0.95), (0.05, 0.95), (0.05, 0.06)):
+                page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=8)
+            page.mouse.up()
+            page.get_by_text("Selected images").wait_for(timeout=120_000)
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length > 5",
+                                   timeout=120_000)
+            wait_idle(page)
+            page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
+            assert (tmp_path / "explore.png").stat().st_size > 10_000
+        finally:
+            ctx.close()
+
+
+def _capture(out: Path, model: str, max_per_domain: int, reducer: str) -> None:
+    """Screenshot of Explore for the README (a projector-friendly 1600 x 1000 viewport at 1.5x)."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp, \
+            streamlit_server(app_env(model, max_per_domain), Path(tmp) / "streamlit.log", timeout=180) as url, \
+            sync_playwright() as p:
+        ctx = launch(p, Path(tmp) / "profile", viewport={"width": 1600, "height": 1000}, device_scale_factor=1.5)
+        try:
+            page = ctx.new_page()
+            page.goto(url, wait_until="domcontentloaded")
+            wait_for_explore(page, 600_000)
+            if reducer != "pca":
+                page.get_by_text({"tsne": "t-SNE", "umap": "UMAP"}[reducer], exact=True).click()
+                page.wait_for_timeout(1000)
+                wait_idle(page, 600_000)
+            page.wait_for_timeout(1500)  # let plotly finish its transition
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out), full_page=False)
+        finally:
+            ctx.close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "explore.png")
+    ap.add_argument("--model", default="domainlens-tiny")
+    ap.add_argument("--max-per-domain", type=int, default=100)
+    ap.add_argument("--reducer", choices=["pca", "tsne", "umap"], default="tsne")
+    a = ap.parse_args()
+    _capture(a.out, a.model, a.max_per_domain, a.reducer)
+    print(f"wrote {a.out}")

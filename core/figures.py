@@ -199,7 +199,7 @@ def nmi_curves(
     _base_layout(fig, title, height)
     fig.update_xaxes(title="timestep (more noise to the right)")
     fig.update_yaxes(title=value.replace("_", " "), rangemode="tozero")
-    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.0))
+    fig.update_layout(legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.01))
     return fig
 
 
@@ -231,20 +231,25 @@ def confusion_heatmap(table: pd.DataFrame, *, title: str | None = None, normaliz
 
 
 def _fit_procrustes(A: np.ndarray, B: np.ndarray):
-    """Similarity transform (rotation/reflection R, scale s, shifts) taking B's rows onto A's rows."""
+    """Rotation/reflection R, scale and shifts taking B's rows onto A's rows, and the disparity.
+
+    The scale matches the two layouts' spreads (as :func:`scipy.spatial.procrustes` standardizes both),
+    not the least-squares scale, which shrinks an unrelated layout to a dot.
+    """
     from scipy.linalg import orthogonal_procrustes
 
     mu_a, mu_b = A.mean(0), B.mean(0)
     A0, B0 = A - mu_a, B - mu_b
-    nb = float((B0 ** 2).sum())
-    if nb == 0 or float((A0 ** 2).sum()) == 0:
+    na, nb = float(np.sqrt((A0 ** 2).sum())), float(np.sqrt((B0 ** 2).sum()))
+    if na == 0 or nb == 0:
         return None
     R, s = orthogonal_procrustes(B0, A0)  # min ||B0 R - A0||_F; s = sum of singular values of B0^T A0
-    return R, s / nb, mu_a, mu_b
+    disparity = float(max(0.0, 1.0 - (s / (na * nb)) ** 2))  # scipy.spatial.procrustes' disparity
+    return R, na / nb, mu_a, mu_b, disparity
 
 
 def procrustes_align(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, float]:
-    """Rotate (or reflect), scale and translate ``moving`` onto ``reference`` (same rows, same points).
+    """Rotate (or reflect), scale and shift ``moving`` onto ``reference`` (same rows, same points).
 
     Parameters
     ----------
@@ -252,9 +257,9 @@ def procrustes_align(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndar
 
     Returns
     -------
-    aligned : (n_samples, d) ``moving`` in the reference's frame
-    disparity : squared error after alignment relative to the reference's spread
-        (0 = identical up to rotation/scale/shift; 1 = no relation).
+    aligned : (n_samples, d) ``moving`` in the reference's frame, with the reference's spread
+    disparity : in [0, 1]; 0 = the same layout up to rotation, scale and shift, 1 = unrelated
+        (the disparity of :func:`scipy.spatial.procrustes`).
     """
     A = np.asarray(reference, dtype=np.float64)
     B = np.asarray(moving, dtype=np.float64)
@@ -265,9 +270,8 @@ def procrustes_align(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndar
     fit = _fit_procrustes(A, B)
     if fit is None:  # a degenerate layout (all points equal): nothing to rotate
         return np.tile(A.mean(0), (len(B), 1)), 1.0
-    R, scale, mu_a, mu_b = fit
-    aligned = (B - mu_b) @ R * scale + mu_a
-    return aligned, float(((aligned - A) ** 2).sum() / ((A - mu_a) ** 2).sum())
+    R, scale, mu_a, mu_b, disparity = fit
+    return (B - mu_b) @ R * scale + mu_a, disparity
 
 
 def align_by_ids(ref_ids: Sequence[str], reference: np.ndarray, ids: Sequence[str], moving: np.ndarray
@@ -284,9 +288,8 @@ def align_by_ids(ref_ids: Sequence[str], reference: np.ndarray, ids: Sequence[st
     fit = _fit_procrustes(A, B[mb])
     if fit is None:
         return np.tile(A.mean(0), (len(B), 1)), 1.0
-    R, scale, mu_a, mu_b = fit
-    aligned = (B - mu_b) @ R * scale + mu_a
-    return aligned, float(((aligned[mb] - A) ** 2).sum() / ((A - mu_a) ** 2).sum())
+    R, scale, mu_a, mu_b, disparity = fit
+    return (B - mu_b) @ R * scale + mu_a, disparity
 
 
 def shared_ranges(*embeddings: np.ndarray, pad: float = 0.05) -> tuple[list[float], list[float]]:

@@ -248,8 +248,13 @@ def model_label(name: str) -> str:
         return f"{name} ({tag}{', not installed' if missing else ''})"
     if name == OTHER_MODEL:
         return name
+    return f"{short_model_name(name)} (folder)" if Path(name).is_dir() else name
+
+
+def short_model_name(name: str) -> str:
+    """A registered name as is; a folder by its last part; a hub id as is."""
     p = Path(name)
-    return f"{p.name} (folder)" if p.is_dir() else name
+    return p.name if name not in REGISTRY and p.is_dir() else name
 
 
 def explain_model_error(name: str, err: Exception) -> str:
@@ -495,7 +500,7 @@ def hover_texts(fs) -> list[str]:
     return [f"<b>{d}</b> · {c}<br>{i}" for d, c, i in zip(fs.domains, fs.classes, fs.ids)]
 
 
-PLOT_CONFIG = {"displaylogo": False, "scrollZoom": True,
+PLOT_CONFIG = {"displaylogo": False,
                "toImageButtonOptions": {"format": "png", "scale": 2, "filename": "domainlens"}}
 
 

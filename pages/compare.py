@@ -20,9 +20,9 @@ st.caption("Two feature spaces on the same images, e.g. a diffusion block agains
 
 choices = list(dict.fromkeys([s.model] + [m for m in ui.model_choices() if m != ui.OTHER_MODEL]))
 defaults = {"A": s.model, "B": "pixels" if s.model != "pixels" else ui.default_model_name()}
-col_a, col_b = st.columns(2, gap="large")
+ctrl = dict(zip("AB", st.columns(2, gap="large")))
 sides = {}
-for name, col in (("A", col_a), ("B", col_b)):
+for name, col in ctrl.items():
     prefix = f"cmp_{name.lower()}_"
     with col:
         st.subheader(f"Setting {name}")
@@ -48,17 +48,18 @@ ra, rb = results["A"], results["B"]
 aligned_b, disparity = figures.align_by_ids(ra.features.ids, ra.embedding, rb.features.ids, rb.embedding)
 ranges = figures.shared_ranges(ra.embedding, aligned_b)
 figs = {}
-for (name, res, emb), col in zip((("A", ra, ra.embedding), ("B", rb, aligned_b)), (col_a, col_b)):
+plots = dict(zip("AB", st.columns(2, gap="large")))  # one row: both layouts at the same height
+for name, res, emb in (("A", ra, ra.embedding), ("B", rb, aligned_b)):
     model, block, timestep, _ = sides[name]
     fs = res.features
     labels, categories = ui.labels_for(fs, colour, block, s.seed)
-    title = f"{name}: {model.name if len(model.name) < 30 else model.kind} · {block}" + (
-        f" · t = {timestep}" if model.uses_timestep else "")
+    title = f"{name}: {ui.short_model_name(model.name)} · {block}" + (f" · t = {timestep}" if model.uses_timestep else "")
     figs[name] = figures.scatter(emb, labels, hover=ui.hover_texts(fs), categories=categories,
                                  label_name=colour, title=title, ranges=ranges, height=520)
-    with col:
+    with plots[name]:
         st.plotly_chart(figs[name], theme=None, config=ui.PLOT_CONFIG, key=f"cmp_plot_{name}")
-        ui.score_metrics(res.scores, len(fs.domain_names), container=st.columns(4),
+        m1, m2 = st.columns(2)
+        ui.score_metrics(res.scores, len(fs.domain_names), container=[m1, m2, m1, m2],
                          reference=None if name == "A" else ra.scores)
 
 n_common = len(set(ra.features.ids) & set(rb.features.ids))

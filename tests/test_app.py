@@ -279,6 +279,20 @@ def test_paths_outside_the_data_roots_are_refused(tiny_app, tmp_path, monkeypatc
         assert not at.get("plotly_chart"), typed
 
 
+def test_data_roots_from_secrets_and_several_roots(tiny_app, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    make_domainbed(second / "mini")
+    tiny_app.secrets["data_roots"] = [str(first), str(second)]
+    at = choose_typed_dataset(tiny_app, str(second / "mini"))
+    assert_clean(at)
+    assert len(charts(at)) == 1
+    at.text_input(key="dataset_path").input(str(tmp_path)).run()
+    assert not at.exception
+    (err,) = at.error
+    assert "outside the data roots" in err.value and str(first) in err.value and str(second) in err.value
+
+
 def test_typed_paths_need_configured_roots(tiny_app, tmp_path):
     at = choose_typed_dataset(tiny_app, str(make_domainbed(tmp_path / "ds")))
     assert not at.exception
@@ -349,10 +363,13 @@ def test_compare_page_aligns_b_to_a_and_shows_deltas(tiny_app, tiny_sd_dir):
     assert at.selectbox(key="cmp_b_model").value == "pixels"
     ra = core_explore(str(tiny_sd_dir))
     rb = core_explore("pixels", block="pixels")
-    shown = [m for m in at.metric]
-    assert [m.value for m in shown[:4]] == list(expected_metrics(ra.scores).values())
-    assert [m.value for m in shown[4:]] == list(expected_metrics(rb.scores).values())
-    assert shown[4].label == "Domain NMI" and shown[4].delta == f"{rb.scores.domain_nmi - ra.scores.domain_nmi:+.3f}"
+    shown = list(at.metric)
+    side_a = {m.label: m.value for m in shown[:4]}
+    side_b = {m.label: m.value for m in shown[4:]}
+    assert side_a == expected_metrics(ra.scores) and side_b == expected_metrics(rb.scores)
+    delta = {m.label: m.delta for m in shown[4:]}
+    assert delta["Domain NMI"] == f"{rb.scores.domain_nmi - ra.scores.domain_nmi:+.3f}"
+    assert delta["Class NMI"] == f"{rb.scores.class_nmi - ra.scores.class_nmi:+.3f}"
     fa, fb = charts(at)
     aligned, _ = figures.align_by_ids(ra.features.ids, ra.embedding, rb.features.ids, rb.embedding)
     np.testing.assert_allclose(scatter_xy(fa), ra.embedding, rtol=1e-4, atol=1e-5)
@@ -363,7 +380,7 @@ def test_compare_page_aligns_b_to_a_and_shows_deltas(tiny_app, tiny_sd_dir):
     at.select_slider(key="cmp_b_block").set_value("down_blocks.0").run()
     assert_clean(at)
     rb = core_explore(str(tiny_sd_dir), block="down_blocks.0")
-    assert [m.value for m in at.metric[4:]] == list(expected_metrics(rb.scores).values())
+    assert {m.label: m.value for m in at.metric[4:]} == expected_metrics(rb.scores)
 
 
 def test_pseudo_domains_page(tiny_app, tiny_sd_dir):

@@ -34,6 +34,23 @@ def main(arg: str) -> dict:
             Xp = _pca(X, 50, 0)  # the same PCA-50 pre-reduction core applies
             return TSNE(n_components=2, perplexity=30.0, init="pca", random_state=0,
                         n_jobs=_n_jobs()).fit_transform(Xp)  # the same thread count core gives openTSNE
+    elif task == "tsne_options":  # speed/quality trade-offs of openTSNE settings core does not use
+        from openTSNE import TSNE
+        from sklearn.neighbors import NearestNeighbors
+
+        Xp = _pca(X, 50, 0)
+        hi = NearestNeighbors(n_neighbors=11).fit(Xp).kneighbors(Xp, return_distance=False)[:, 1:]
+        out["options"] = {}
+        for name, kw in (("core (openTSNE defaults)", {}), ("BH theta=0.8", {"negative_gradient_method": "bh", "theta": 0.8}),
+                         ("FFT, 2 units per interval", {"negative_gradient_method": "fft", "ints_in_interval": 2})):
+            t0 = time.perf_counter()
+            emb = TSNE(perplexity=30, random_state=0, n_jobs=_n_jobs(), initialization="pca", verbose=False, **kw).fit(Xp)
+            dt = time.perf_counter() - t0
+            lo = NearestNeighbors(n_neighbors=11).fit(emb).kneighbors(emb, return_distance=False)[:, 1:]
+            recall = float((lo[:, :, None] == hi[:, None, :]).any(-1).mean())
+            out["options"][name] = {"s": dt, "kl": float(emb.kl_divergence), "knn10_recall": recall}
+        out["import_s"], out["n_jobs"], out["first_s"], out["warm_s"], out["shape"] = 0.0, _n_jobs(), 0.0, [], []
+        return out
     elif task == "umap":
         import umap  # noqa: F401 - numba compiles here the first time
 

@@ -113,12 +113,20 @@ def default_model(work: Path):
     the same architecture (built with the trainer's own builders). Returns ``(FeatureModel, source)``."""
     from core.models import load_model
 
-    if (DEFAULT_MODEL_DIR / "unet").is_dir():
+    if default_model_ready():
         return load_model("domainlens-tiny", "cpu", "float32"), "models/domainlens-tiny (trained)"
     folder = work / "standin-domainlens-tiny"
     if not (folder / "model_index.json").is_file():
         build_standin(folder)
     return load_model(str(folder), "cpu", "float32"), "untrained stand-in of domainlens-tiny's architecture"
+
+
+def default_model_ready(folder: Path = DEFAULT_MODEL_DIR) -> bool:
+    """The trained default is complete: the trainer writes training_log.json last; otherwise every
+    component's weights must be there (a folder being written is not used)."""
+    if (folder / "training_log.json").is_file():
+        return True
+    return all(any((folder / sub).glob("*.safetensors")) for sub in ("unet", "vae", "text_encoder"))
 
 
 def build_standin(folder: Path) -> Path:

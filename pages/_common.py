@@ -382,7 +382,7 @@ def n_domains(s: Settings) -> int:
 # ----------------------------------------------------------------------------------------- controls
 
 
-def _ensure(key: str, valid: Callable[[Any], bool], default: Any) -> None:
+def ensure_state(key: str, valid: Callable[[Any], bool], default: Any) -> None:
     """Reset a widget's stored value when it is no longer valid (e.g. another model's block)."""
     if key in st.session_state and not valid(st.session_state[key]):
         st.session_state[key] = default
@@ -397,7 +397,7 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
     c_block, c_time, c_prompt = columns or (st, st, st)
     key = f"{prefix}block"
     if len(model.blocks) > 1:
-        _ensure(key, lambda v: v in model.blocks, model.default_block)
+        ensure_state(key, lambda v: v in model.blocks, model.default_block)
         block = c_block.select_slider("UNet block", options=model.blocks, key=key,
                                       help="Where the feature is read, in UNet order (down → mid → up). The "
                                            "paper's default is up_blocks.1.")
@@ -408,7 +408,7 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
     if model.uses_timestep:
         hi = model.num_train_timesteps - 1
         key = f"{prefix}timestep"
-        _ensure(key, lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
+        ensure_state(key, lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
         timestep = c_time.slider("Timestep", min_value=0, max_value=hi, key=key,
                                  help="Noise level added before the UNet pass (0 = clean latent). The paper uses "
                                       "t = 50 of 1000; less noise usually means more domain information.")
@@ -417,7 +417,7 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
     prompt = PromptSpec()
     if model.uses_prompt:
         key = f"{prefix}prompt_mode"
-        _ensure(key, lambda v: v in PROMPT_LABELS, "empty")
+        ensure_state(key, lambda v: v in PROMPT_LABELS, "empty")
         mode = c_prompt.radio("Prompt", list(PROMPT_LABELS), key=key, format_func=PROMPT_LABELS.get,
                               horizontal=True,
                               help=f"Text conditioning: the empty prompt (paper default), the class template "
@@ -425,7 +425,7 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
         if mode == "template":
             prompt = PromptSpec("template", TEMPLATE)
         elif mode == "custom":
-            _ensure(f"{prefix}prompt_text", lambda v: isinstance(v, str), "a painting")
+            ensure_state(f"{prefix}prompt_text", lambda v: isinstance(v, str), "a painting")
             text = c_prompt.text_input("Custom prompt", key=f"{prefix}prompt_text")
             prompt = PromptSpec("custom", text)
     else:
@@ -436,18 +436,18 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
 def reduction_controls(seed: int, prefix: str = "", container: Any = st) -> ReductionConfig:
     """Reducer and its main parameters (keys ``{prefix}reducer``, ``{prefix}perplexity``,
     ``{prefix}n_neighbors``, ``{prefix}min_dist``)."""
-    _ensure(f"{prefix}reducer", lambda v: v in REDUCER_LABELS, "pca")
+    ensure_state(f"{prefix}reducer", lambda v: v in REDUCER_LABELS, "pca")
     method = container.radio("Layout", list(REDUCER_LABELS), key=f"{prefix}reducer", horizontal=True,
                              format_func=REDUCER_LABELS.get,
                              help="2-D layout for looking only; the scores use the full features. t-SNE and UMAP "
                                   "compile numba code the first time they run on a machine (~20-40 s).")
     kw: dict[str, Any] = {}
     if method == "tsne":
-        _ensure(f"{prefix}perplexity", lambda v: isinstance(v, (int, float)), 30)
+        ensure_state(f"{prefix}perplexity", lambda v: isinstance(v, (int, float)), 30)
         kw["perplexity"] = float(container.slider("Perplexity", 5, 100, key=f"{prefix}perplexity"))
     elif method == "umap":
-        _ensure(f"{prefix}n_neighbors", lambda v: isinstance(v, int), 15)
-        _ensure(f"{prefix}min_dist", lambda v: isinstance(v, float), 0.1)
+        ensure_state(f"{prefix}n_neighbors", lambda v: isinstance(v, int), 15)
+        ensure_state(f"{prefix}min_dist", lambda v: isinstance(v, float), 0.1)
         kw["n_neighbors"] = int(container.slider("Neighbours", 2, 100, key=f"{prefix}n_neighbors"))
         kw["min_dist"] = float(container.slider("Min. distance", 0.0, 0.99, step=0.01, key=f"{prefix}min_dist"))
         warm_umap()
@@ -456,7 +456,7 @@ def reduction_controls(seed: int, prefix: str = "", container: Any = st) -> Redu
 
 def colour_control(prefix: str = "", container: Any = st, clusters: bool = True) -> str:
     opts = list(COLOUR_LABELS) if clusters else ["domain", "class"]
-    _ensure(f"{prefix}color_by", lambda v: v in opts, "domain")
+    ensure_state(f"{prefix}color_by", lambda v: v in opts, "domain")
     return container.radio("Colour by", opts, key=f"{prefix}color_by", horizontal=True,
                            format_func=COLOUR_LABELS.get)
 

@@ -26,7 +26,7 @@ for name, col in ctrl.items():
     prefix = f"cmp_{name.lower()}_"
     with col:
         st.subheader(f"Setting {name}")
-        ui._ensure(f"{prefix}model", lambda v: v in choices, defaults[name])
+        ui.ensure_state(f"{prefix}model", lambda v: v in choices, defaults[name])
         model_name = st.selectbox("Model", choices, key=f"{prefix}model", format_func=ui.model_label)
         model = ui.current_model(s, model_name, container=col)
         block, timestep, prompt = ui.setting_controls(model, prefix)

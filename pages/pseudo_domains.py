@@ -28,7 +28,7 @@ st.caption("GUIDE-style: k-means (k-means++) on the features of one block, witho
 c_block, c_time, c_prompt, c_k = st.columns([5, 4, 4, 2], gap="large")
 block, timestep, prompt = ui.setting_controls(model, prefix="pd_", columns=(c_block, c_time, c_prompt))
 n_dom = ui.n_domains(s)
-ui._ensure("pd_k", lambda v: isinstance(v, int) and 2 <= v <= 100, n_dom)
+ui.ensure_state("pd_k", lambda v: isinstance(v, int) and 2 <= v <= 100, n_dom)
 k = int(c_k.number_input("Clusters K", min_value=2, max_value=100, step=1, key="pd_k",
                          help="Default: the number of domains. GUIDE used K = classes × {1, 3, 5}."))
 

@@ -23,20 +23,20 @@ st.caption("Where is the domain information? Domain and class NMI for every bloc
            "same cached features the other pages use.")
 
 c_blocks, c_times, c_prompts = st.columns([4, 4, 3], gap="large")
-ui._ensure("sweep_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
+ui.ensure_state("sweep_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
 blocks = c_blocks.multiselect("Blocks", model.blocks, key="sweep_blocks")
 timesteps: list[int] = [ui.DEFAULT_TIMESTEP]
 if model.uses_timestep:
     hi = model.num_train_timesteps - 1
     choices = sorted({min(t, hi) for t in TIMESTEP_CHOICES})
-    ui._ensure("sweep_timesteps", lambda v: bool(v) and all(t in choices for t in v),
+    ui.ensure_state("sweep_timesteps", lambda v: bool(v) and all(t in choices for t in v),
                [t for t in DEFAULT_TIMESTEPS if t in choices])
     timesteps = c_times.multiselect("Timesteps", choices, key="sweep_timesteps")
 else:
     c_times.markdown("**Timesteps:** n/a (baseline)")
 prompts = [PromptSpec()]
 if model.uses_prompt:
-    ui._ensure("sweep_prompts", lambda v: bool(v) and all(p in ui.PROMPT_LABELS for p in v), ["empty"])
+    ui.ensure_state("sweep_prompts", lambda v: bool(v) and all(p in ui.PROMPT_LABELS for p in v), ["empty"])
     modes = c_prompts.multiselect("Prompts", list(ui.PROMPT_LABELS), key="sweep_prompts",
                                   format_func=ui.PROMPT_LABELS.get)
     prompts = []

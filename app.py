@@ -30,6 +30,9 @@ PAGES = [
     st.Page("pages/pseudo_domains.py", title="Pseudo-domains", icon=":material/hub:"),
 ]
 
+# Less empty space above the page title (wide layout on laptops and projectors).
+st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem;}</style>")
+
 page = st.navigation(PAGES)
 if ui.sidebar() is None:  # the problem is shown with what to do; the page needs valid settings
     st.stop()

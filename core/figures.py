@@ -57,7 +57,7 @@ def scatter(
     label_name: str = "domain",
     title: str | None = None,
     webgl: bool | None = None,
-    height: int = 620,
+    height: int = 560,
     axis_titles: tuple[str, str] = ("", ""),
     ranges: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> go.Figure:

@@ -267,6 +267,7 @@ def explain_model_error(name: str, err: Exception) -> str:
 
 def sidebar() -> Settings | None:
     """Render the shared sidebar; store and return the settings (None after showing an error)."""
+    st.session_state.pop(SETTINGS_KEY, None)  # only this run's validated choices reach a page
     sb = st.sidebar
     sb.markdown("## DomainLens")
     sb.caption("What's in a diffusion latent? How UNet features separate image domains.")
@@ -433,23 +434,26 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
     return block, int(timestep), prompt
 
 
-def reduction_controls(seed: int, prefix: str = "", container: Any = st) -> ReductionConfig:
+def reduction_controls(seed: int, prefix: str = "", container: Any = st, params_container: Any = None
+                       ) -> ReductionConfig:
     """Reducer and its main parameters (keys ``{prefix}reducer``, ``{prefix}perplexity``,
-    ``{prefix}n_neighbors``, ``{prefix}min_dist``)."""
+    ``{prefix}n_neighbors``, ``{prefix}min_dist``); the parameters go to ``params_container`` if given."""
     ensure_state(f"{prefix}reducer", lambda v: v in REDUCER_LABELS, "pca")
     method = container.radio("Layout", list(REDUCER_LABELS), key=f"{prefix}reducer", horizontal=True,
                              format_func=REDUCER_LABELS.get,
                              help="2-D layout for looking only; the scores use the full features. t-SNE and UMAP "
                                   "compile numba code the first time they run on a machine (~20-40 s).")
+    pc = params_container or container
     kw: dict[str, Any] = {}
     if method == "tsne":
         ensure_state(f"{prefix}perplexity", lambda v: isinstance(v, (int, float)), 30)
-        kw["perplexity"] = float(container.slider("Perplexity", 5, 100, key=f"{prefix}perplexity"))
+        kw["perplexity"] = float(pc.slider("Perplexity", 5, 100, key=f"{prefix}perplexity"))
     elif method == "umap":
         ensure_state(f"{prefix}n_neighbors", lambda v: isinstance(v, int), 15)
         ensure_state(f"{prefix}min_dist", lambda v: isinstance(v, float), 0.1)
-        kw["n_neighbors"] = int(container.slider("Neighbours", 2, 100, key=f"{prefix}n_neighbors"))
-        kw["min_dist"] = float(container.slider("Min. distance", 0.0, 0.99, step=0.01, key=f"{prefix}min_dist"))
+        c1, c2 = pc.columns(2)
+        kw["n_neighbors"] = int(c1.slider("Neighbours", 2, 100, key=f"{prefix}n_neighbors"))
+        kw["min_dist"] = float(c2.slider("Min. distance", 0.0, 0.99, step=0.01, key=f"{prefix}min_dist"))
         warm_umap()
     return ReductionConfig(method=method, random_state=int(seed), **kw)
 

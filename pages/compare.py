@@ -32,11 +32,9 @@ for name, col in ctrl.items():
         block, timestep, prompt = ui.setting_controls(model, prefix)
     sides[name] = (model, block, timestep, prompt)
 
-c_red, c_col = st.columns([5, 8], gap="large")
-with c_red:
-    reduction = ui.reduction_controls(s.seed, prefix="cmp_")
-with c_col:
-    colour = ui.colour_control(prefix="cmp_", clusters=False)
+c_red, c_par, c_col = st.columns([5, 4, 4], gap="large")
+reduction = ui.reduction_controls(s.seed, prefix="cmp_", container=c_red, params_container=c_par)
+colour = ui.colour_control(prefix="cmp_", container=c_col, clusters=False)
 
 results, configs = {}, {}
 for name, (model, block, timestep, prompt) in sides.items():

@@ -18,11 +18,9 @@ st.caption("Each point is an image, placed by the UNet feature of the chosen blo
 
 c_block, c_time, c_prompt = st.columns([5, 4, 4], gap="large")
 block, timestep, prompt = ui.setting_controls(model, columns=(c_block, c_time, c_prompt))
-c_red, c_col = st.columns([5, 8], gap="large")
-with c_red:
-    reduction = ui.reduction_controls(s.seed)
-with c_col:
-    colour = ui.colour_control()
+c_red, c_par, c_col = st.columns([5, 4, 4], gap="large")
+reduction = ui.reduction_controls(s.seed, container=c_red, params_container=c_par)
+colour = ui.colour_control(container=c_col)
 
 config = s.extraction(timestep, prompt)
 result = ui.run_core(explore_view, config, block, reduction, model=model, device=s.device)

@@ -1,7 +1,9 @@
 """One real-browser test: `streamlit run app.py` in a subprocess, driven by Playwright + Debian Chromium.
 
 It loads Explore, waits for the plot, reads the domain NMI, moves the block slider with the keyboard and
-checks that the chart re-rendered and the NMI changed. Skipped only when /usr/bin/chromium is absent.
+checks that the chart re-rendered and the NMI changed; then clicks a point (its thumbnail appears),
+lassoes a region (a grid of the selected images appears) and downloads the PNG figure and the JSON
+configuration. Skipped only when /usr/bin/chromium is absent.
 
 Run as a script to refresh the README screenshot::
 
@@ -115,9 +117,11 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
 
     from playwright.sync_api import sync_playwright
 
+    from core.engine import ExtractionConfig
+
     env = app_env(str(tiny_sd_dir), 10)
     with streamlit_server(env, tmp_path / "streamlit.log") as url, sync_playwright() as p:
-        ctx = launch(p, tmp_path / "profile", viewport={"width": 1400, "height": 1000})
+        ctx = launch(p, tmp_path / "profile", viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         try:
             page = ctx.new_page()
             page.goto(url, wait_until="domcontentloaded")
@@ -162,6 +166,19 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
             wait_idle(page)
             page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
             assert (tmp_path / "explore.png").stat().st_size > 10_000
+
+            # exports: the figure as PNG (kaleido drives this same Chromium) and the exact configuration
+            page.get_by_text("Export & reproduce").click()
+            with page.expect_download(timeout=120_000) as png:
+                page.get_by_role("button", name="layout (PNG)").click()
+            assert Path(png.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            with page.expect_download(timeout=60_000) as cfg:
+                page.get_by_role("button", name="configuration (JSON)").click()
+            spec = json.loads(Path(cfg.value.path()).read_text())
+            config = ExtractionConfig.from_dict(spec["extraction"])
+            assert config == ExtractionConfig(dataset="synthetic-pacs:heldout", model=str(tiny_sd_dir), timestep=50,
+                                              seed=0, max_per_domain=10)
+            assert spec["block"] == "up_blocks.2" and spec["cli"].startswith("python -m core sweep")
         finally:
             ctx.close()
 

@@ -5,8 +5,10 @@ scripts build the same figures).
   point carrying its row index in ``customdata`` so a selection maps back to images.
 * :func:`heatmap` / :func:`nmi_curves` - sweep results (block x timestep), best setting highlighted.
 * :func:`confusion_heatmap` - a contingency table (e.g. pseudo-domain x domain).
-* :func:`procrustes_align` - rotate/scale/translate one 2-D layout onto another on common image ids.
-* :func:`pseudo_domains` - GUIDE-style k-means pseudo-domains with exemplars and contingency tables.
+* :func:`procrustes_align` / :func:`align_by_ids` - rotate/scale/shift one 2-D layout onto another (on
+  the image ids both share); :func:`shared_ranges` and :func:`score_table` for side-by-side views.
+* :func:`pseudo_domains` - GUIDE-style k-means pseudo-domains with exemplars and contingency tables
+  (:func:`centroid_frame` for export).
 * :func:`thumbnail_data_uri` - a small base64 PNG of an image for hover panels and grids.
 * :func:`figure_png` / :func:`png_export_available` - static export through kaleido when a browser is there.
 """

@@ -49,12 +49,16 @@ def _met(m) -> str:
     return "" if m is None else ("yes" if m else "MISSED")
 
 
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
 def table_lines(bench: dict) -> list[str]:
     out = [f"### {bench['id']}. {bench['title']}  ({bench['mode']}, {bench['wall_s']:.0f} s)", "",
            "| metric | value | unit | target | met | note |", "|---|---|---|---|---|---|"]
     for r in bench.get("rows", []):
-        out.append(f"| {r['metric']} | {_fmt(r['value'])} | {r['unit']} | {r['target'] or ''} | {_met(r['met'])} "
-                   f"| {r['note']} |")
+        out.append(f"| {_cell(r['metric'])} | {_fmt(r['value'])} | {r['unit']} | {r['target'] or ''} | "
+                   f"{_met(r['met'])} | {_cell(r['note'])} |")
     if bench.get("error"):
         out.append(f"| ERROR | | | | | {bench['error'].splitlines()[-1]} |")
     out.append("")
@@ -74,7 +78,7 @@ def write_markdown(report: dict, path: Path) -> None:
     targets = [(b["id"], r) for b in report["benchmarks"] for r in b.get("rows", []) if r["met"] is not None]
     if targets:
         lines += ["## Targets", "", "| # | metric | value | target | met |", "|---|---|---|---|---|"]
-        lines += [f"| {i} | {r['metric']} | {_fmt(r['value'])} {r['unit']} | {r['target']} | {_met(r['met'])} |"
+        lines += [f"| {i} | {_cell(r['metric'])} | {_fmt(r['value'])} {r['unit']} | {r['target']} | {_met(r['met'])} |"
                   for i, r in targets]
         lines.append("")
     lines += ["## Results", ""]

@@ -124,8 +124,11 @@ def bench_early_exit(ctx: Ctx, batch: int | None = None, reps: int | None = None
                                    + ("" if same else "; FEATURES DIFFER")))
             details[f"{label}/{block}"] = {"full_s": t["full"], "early_exit_s": t["ee"], "identical": same}
     return {"rows": rows, "details": details, "notes": [
-        "The default model is 16x16x4 latents with 3 levels; most of its time is fixed per-call overhead, so its "
-        "early-exit ratio understates what a full-size UNet gains; the SD-2.1-sized random-weight UNet shows that."]}
+        "Early exit skips what follows the block: for up_blocks.1 that is up_blocks.2-3 (the two highest-resolution "
+        "levels) and conv_out. The default model (3 levels, 16x16 latents) gains 1.6x. At 128 px the SD-2.1-sized "
+        "UNet's time is dominated by its 1280-channel low-resolution blocks (about 3.4 GB of weights streamed per "
+        "call at batch 1-2), which early exit cannot skip, so the ratio is lower there; at 256 / 512 px, where the "
+        "high-resolution levels cost more, bench 3 measures it (SD-2.1 features are taken at 512 px)."]}
 
 
 # ----------------------------------------------------------------------------------- 3. throughput
@@ -182,8 +185,9 @@ def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 3
             rows += [
                 row(f"[SD-2.1-sized, CPU] {res} px, UNet all blocks", round(median(t["full"]), 2), "s/img"),
                 row(f"[SD-2.1-sized, CPU] {res} px, UNet up to up_blocks.1 (early exit)",
-                    round(median(t["up1"]), 2), "s/img", None, None,
-                    f"{ratio_of_medians(t['full'], t['up1']):.2f}x faster than all blocks"),
+                    round(median(t["up1"]), 2), "s/img"),
+                _speed_row(f"[SD-2.1-sized, CPU] {res} px, early exit at up_blocks.1: all blocks / up_blocks.1",
+                           ratio_of_medians(t["full"], t["up1"]), 1.3, "batch 1, interleaved pairs"),
             ]
             details[f"sd{res}"] = t
     rows.append(row("GPU throughput", "n/a", "", None, None, GPU_NOTE))
@@ -473,7 +477,7 @@ def bench_metrics(ctx: Ctx, n: int = 100_000, dim: int = 1280, n_domains: int = 
 
     X, dom, cls = clustered_features(n, dim, n_domains=n_domains, n_classes=10, seed=1, domain_sep=1.0,
                                      noise=1.0)
-    full_seeds = full_seeds or (1 if ctx.quick else 3)
+    full_seeds = full_seeds or (1 if ctx.quick else 5)  # 5 = the seeds nmi() reports
     rows, details = [], {"n": n, "dim": dim, "n_domains": n_domains}
     fit_sample = getattr(metrics, "FIT_SAMPLE", None)
     how = (f"KMeans fitted on a {fit_sample:,} sample" if fit_sample and n > fit_sample
@@ -501,14 +505,16 @@ def bench_metrics(ctx: Ctx, n: int = 100_000, dim: int = 1280, n_domains: int = 
         p["ari_minibatch_vs_kmeans"] = adjusted_rand_score(p.pop("kmeans_labels"), p.pop("minibatch_labels"))
         p.pop("core_labels")
         per.append(p)
+    ref = float(np.mean([p["kmeans_nmi"] for p in per]))
     for name, label in (("minibatch", "MiniBatchKMeans (n_init=3, batch 4096; core's choice before bench 6)"),
                         ("core", f"core's choice ({how})")):
-        d = max(abs(p["kmeans_nmi"] - p[f"{name}_nmi"]) for p in per)
+        mean = float(np.mean([p[f"{name}_nmi"] for p in per]))
+        worst = max(abs(p["kmeans_nmi"] - p[f"{name}_nmi"]) for p in per)
+        seeds = ", ".join(f"{p[name + '_nmi']:.3f}" for p in per)
         tgt = name == "core"
-        rows.append(row(f"domain NMI, |full KMeans - {label}|, max over {full_seeds} seed(s)", round(d, 4), "",
-                        "<= 0.02" if tgt else None, (d <= 0.02) if tgt else None,
-                        f"NMI {median([p['kmeans_nmi'] for p in per]):.3f} vs {median([p[f'{name}_nmi'] for p in per]):.3f}; "
-                        f"time per seed {median([p['kmeans_s'] for p in per]):.2f} s vs "
+        rows.append(row(f"mean domain NMI over {full_seeds} k-means seed(s): full KMeans minus {label}",
+                        round(ref - mean, 4), "", "<= 0.02" if tgt else None, (abs(ref - mean) <= 0.02) if tgt else None,
+                        f"NMI {ref:.3f} vs {mean:.3f} (per seed {seeds}; worst seed {worst:.3f}); time per seed {median([p['kmeans_s'] for p in per]):.2f} s vs "
                         f"{median([p[f'{name}_s'] for p in per]):.2f} s"))
     details["per_seed"] = per
     # scatter, built as the Explore page builds it (core.figures.scatter, WebGL, page hover text)

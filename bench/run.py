@@ -54,7 +54,8 @@ def _cell(text) -> str:
 
 
 def table_lines(bench: dict) -> list[str]:
-    out = [f"### {bench['id']}. {bench['title']}  ({bench['mode']}, {bench['wall_s']:.0f} s)", "",
+    out = [f"### {bench['id']}. {bench['title']}  ({bench['mode']} run, {bench['wall_s']:.0f} s, finished "
+           f"{bench.get('finished') or '?'})", "",
            "| metric | value | unit | target | met | note |", "|---|---|---|---|---|---|"]
     for r in bench.get("rows", []):
         out.append(f"| {_cell(r['metric'])} | {_fmt(r['value'])} | {r['unit']} | {r['target'] or ''} | "
@@ -70,11 +71,13 @@ def write_markdown(report: dict, path: Path) -> None:
     env = report["environment"]
     lines = ["# DomainLens benchmarks", "",
              f"Generated {report['generated']} at commit {report['git_commit']} by `python -m bench.run"
-             f"{' --quick' if report['mode'] == 'quick' else ''}`.", "",
+             f"{' --quick' if report['mode'] == 'quick' else ''}{' --only ' + report['only'] if report.get('only') else ''}`"
+             + (" (the other sections are kept from earlier runs; each section says when it finished)."
+                if report.get("only") else "."), "",
              f"Machine: {env['processor']}, {env['cpu_count']} cores (torch threads {env['torch_threads']}), "
              f"load average at start {env['loadavg_at_start']} (shared with other jobs: read ratios, not absolute "
              f"times). Python {env['python']}, torch {env['torch']}. GPU: {env['gpu'] or 'none in this session'}.",
-             ""]
+             "", f"Default model: {report.get('default_model') or 'not loaded in this run'}.", ""]
     targets = [(b["id"], r) for b in report["benchmarks"] for r in b.get("rows", []) if r["met"] is not None]
     if targets:
         lines += ["## Targets", "", "| # | metric | value | target | met |", "|---|---|---|---|---|"]
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
         title, fn = BENCHMARKS[i]
         print(f"-- running {i}. {title} ...", flush=True)
         t0 = time.perf_counter()
-        entry = {"id": i, "title": title, "mode": mode, "finished": None}
+        entry = {"id": i, "title": title, "mode": mode, "finished": None, "loadavg_at_start": list(os.getloadavg())}
         try:
             entry.update(fn(ctx))
         except Exception:  # noqa: BLE001 - report and go on with the next benchmark
@@ -166,6 +169,9 @@ def main(argv=None) -> int:
     report = {"generated": dt.datetime.now().isoformat(timespec="seconds"), "mode": mode, "git_commit": _git_commit(),
               "environment": env, "gpu": env["gpu"], "gpu_note": None if env["gpu"] else GPU_NOTE,
               "benchmarks": [previous[k] for k in sorted(previous)]}
+    report["only"] = ",".join(map(str, ids)) if a.only else None
+    sources = {b.get("details", {}).get("default_model") for b in report["benchmarks"]} - {None}
+    report["default_model"] = "; ".join(sorted(sources)) or None
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     write_markdown(report, out.with_suffix(".md"))
     print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")

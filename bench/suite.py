@@ -125,7 +125,7 @@ def bench_early_exit(ctx: Ctx, batch: int | None = None, reps: int | None = None
             details[f"{label}/{block}"] = {"full_s": t["full"], "early_exit_s": t["ee"], "identical": same}
     return {"rows": rows, "details": details, "notes": [
         "Early exit skips what follows the block: for up_blocks.1 that is up_blocks.2-3 (the two highest-resolution "
-        "levels) and conv_out. The default model (3 levels, 16x16 latents) gains 1.6x. At 128 px the SD-2.1-sized "
+        "levels) and conv_out, most of the default model's (3 levels, 16x16 latents) compute. At 128 px the SD-2.1-sized "
         "UNet's time is dominated by its 1280-channel low-resolution blocks (about 3.4 GB of weights streamed per "
         "call at batch 1-2), which early exit cannot skip, so the ratio is lower there; at 256 / 512 px, where the "
         "high-resolution levels cost more, bench 3 measures it (SD-2.1 features are taken at 512 px)."]}
@@ -619,8 +619,7 @@ def bench_cache(ctx: Ctx, n_images: int = 1024, channels: int = 1280, reps: int 
                            lazy_x, None, f"{median(t['core']) * 1000 / n9 * 1000:.1f} ms vs "
                            f"{median(t['lazy']) * 1000 / n9 * 1000:.1f} ms per 1k images; the chunk holds "
                            f"{p9.stat().st_size / 1e6:.1f} MB for {n9} images"))
-    res["all_blocks_chunk"] = {"images": n9, "bytes": p9.stat().st_size, "load_chunk_s": t["core"],
-                               "one_member_s": t["lazy"]}
+    one_block = {"images": n9, "bytes": p9.stat().st_size, "load_chunk_s": t["core"], "one_member_s": t["lazy"]}
     total_c = sum(SD21_CHANNELS.values())
     scale = DOMAINNET_IMAGES / 1000 * total_c / channels
     up1 = DOMAINNET_IMAGES / 1000 * SD21_CHANNELS["up_blocks.1"] / channels
@@ -634,7 +633,8 @@ def bench_cache(ctx: Ctx, n_images: int = 1024, channels: int = 1280, reps: int 
                         round(extrap[dt]["all_blocks_GB"], 1), "GB", None, None,
                         f"per timestep/prompt setting; load ~{extrap[dt]['all_blocks_load_s']:.0f} s; up_blocks.1 extracted "
                         f"alone {extrap[dt]['up_blocks_1_GB']:.1f} GB, ~{extrap[dt]['up_blocks_1_load_s']:.0f} s"))
-    return {"rows": rows, "details": {"per_1k": res, "domainnet": extrap, "n_images": n_images,
+    return {"rows": rows, "details": {"per_1k": res, "one_block_of_all_block_chunk": one_block, "domainnet": extrap,
+                                      "n_images": n_images,
                                       "channels": channels, "sd21_channels": SD21_CHANNELS},
             "notes": ["core's cache stores float32 (np.savez, uncompressed); the float16 rows measure the same layout "
                       "with half-precision arrays (what an fp16 cache option would cost).",

@@ -124,9 +124,8 @@ def bench_early_exit(ctx: Ctx, batch: int | None = None, reps: int | None = None
                                    + ("" if same else "; FEATURES DIFFER")))
             details[f"{label}/{block}"] = {"full_s": t["full"], "early_exit_s": t["ee"], "identical": same}
     return {"rows": rows, "details": details, "notes": [
-        "Early exit skips what follows the block: for up_blocks.1 that is up_blocks.2-3 (the two highest-resolution "
-        "levels) and conv_out, most of the default model's (3 levels, 16x16 latents) compute. At 128 px the SD-2.1-sized "
-        "UNet's time is dominated by its 1280-channel low-resolution blocks (about 3.4 GB of weights streamed per "
+        "Early exit skips what follows the block: for up_blocks.1, the later (highest-resolution) up blocks and "
+        "conv_out. At 128 px the SD-2.1-sized UNet's time is dominated by its 1280-channel low-resolution blocks (about 3.4 GB of weights streamed per "
         "call at batch 1-2), which early exit cannot skip, so the ratio is lower there; at 256 / 512 px, where the "
         "high-resolution levels cost more, bench 3 measures it (SD-2.1 features are taken at 512 px)."]}
 

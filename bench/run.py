@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     write_markdown(report, out.with_suffix(".md"))
     print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    if not a.work:  # a scratch folder we made (datasets, caches, models): several hundred MB
+        shutil.rmtree(work, ignore_errors=True)
     return 1 if any("error" in b for b in results) else 0
 
 

@@ -189,8 +189,10 @@ def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 3
                            ratio_of_medians(t["full"], t["up1"]), 1.3, "batch 1, interleaved pairs"),
             ]
             details[f"sd{res}"] = t
-    rows.append(row("GPU throughput", "n/a", "", None, None, GPU_NOTE))
-    return {"rows": rows, "details": details, "notes": [GPU_NOTE,
+    gpu_note = ("A CUDA GPU is present but this benchmark measures the CPU only." if torch.cuda.is_available()
+                else GPU_NOTE)
+    rows.append(row("GPU throughput", "n/a", "", None, None, gpu_note))
+    return {"rows": rows, "details": details, "notes": [gpu_note,
             "SD-2.1-sized figures are UNet-only (random weights, batch 1, fp32); the VAE encoder adds to them."]}
 
 

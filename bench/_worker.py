@@ -41,7 +41,10 @@ def main(arg: str) -> dict:
         Xp = _pca(X, 50, 0)
         hi = NearestNeighbors(n_neighbors=11).fit(Xp).kneighbors(Xp, return_distance=False)[:, 1:]
         out["options"] = {}
-        for name, kw in (("core (openTSNE defaults)", {}), ("BH theta=0.8", {"negative_gradient_method": "bh", "theta": 0.8}),
+        core_theta = ReductionConfig("tsne").theta
+        for name, kw in (("core (BH theta=%.1f)" % core_theta, {"theta": core_theta}),
+                         ("openTSNE defaults (BH theta=0.5)", {"theta": 0.5}),
+                         ("BH theta=0.8", {"negative_gradient_method": "bh", "theta": 0.8}),
                          ("FFT, 2 units per interval", {"negative_gradient_method": "fft", "ints_in_interval": 2})):
             t0 = time.perf_counter()
             emb = TSNE(perplexity=30, random_state=0, n_jobs=_n_jobs(), initialization="pca", verbose=False, **kw).fit(Xp)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+# passive OpenMP waiting: spinning workers of parallel test processes (streamlit, CLI) stall each other
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -207,3 +207,27 @@ def test_reduction_config_errors():
         ReductionConfig(method="isomap")
     with pytest.raises(ValueError, match="n_components must be 2 or 3, got 4"):
         ReductionConfig(n_components=4)
+
+
+def test_tsne_theta_is_passed_to_opentsne_and_keys_the_cache(monkeypatch):
+    import openTSNE
+
+    seen = []
+    real = openTSNE.TSNE
+
+    class Spy(real):
+        def __init__(self, *a, **kw):
+            seen.append(kw.get("theta"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(openTSNE, "TSNE", Spy)
+    monkeypatch.setattr(core.reduce.os, "cpu_count", lambda: 1)
+    X, _ = blobs(n_per=10)
+    reduce(X, ReductionConfig(method="tsne"))
+    reduce(X, ReductionConfig(method="tsne", theta=0.3))
+    assert seen == [0.7, 0.3]
+    assert ReductionConfig(method="tsne").params()["theta"] == 0.7
+    assert ReductionConfig(method="tsne", theta=0.5).params() != ReductionConfig(method="tsne").params()
+    assert "theta" not in ReductionConfig(method="umap").params()
+    with pytest.raises(ValueError, match="theta"):
+        ReductionConfig(method="tsne", theta=1.5)

@@ -6,7 +6,6 @@ The CLI calls the same core functions with the same config objects as the dashbo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -80,3 +80,23 @@ def sd_sized_unet_config(resolution: int = 512) -> dict:
                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
                 cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+
+
+def make_domainbed(root: str | Path, domains=("art", "photo"), classes=("cat", "dog"), per_cell: int = 2,
+                   sizes=((64, 64),), seed: int = 0) -> Path:
+    """A small DomainBed folder ``root/<domain>/<class>/img<i>.png`` of seeded random-texture images; image k
+    (in domain, class, index order) has size ``sizes[k % len(sizes)]`` as (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    k = 0
+    for d in domains:
+        for c in classes:
+            (root / d / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_cell):
+                w, h = sizes[k % len(sizes)]
+                k += 1
+                Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(root / d / c / f"img{i}.png")
+    return root

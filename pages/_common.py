@@ -178,6 +178,21 @@ def dataset_summary(name: str) -> dict:
             "warnings": list(ds.warnings), "n_skipped": len(ds.skipped)}
 
 
+@st.cache_resource(ttl=30, show_spinner="Scanning the dataset…", max_entries=8)
+def _scan(name: str):
+    return load_dataset(name)
+
+
+def scanned_dataset(name: str):
+    """The scanned dataset, kept for 30 s: slider moves reuse the scan instead of re-statting every image
+    (seconds on a DomainNet-sized folder); a file added or changed shows up within 30 s."""
+    try:
+        return _scan(name)
+    except EXPECTED_ERRORS as e:
+        st.error(f"{e}\n\nChange the setting in the controls or the sidebar and try again.")
+        st.stop()
+
+
 @st.cache_data(show_spinner=False, max_entries=20000)
 def thumbnail(path: str, size: int = 96) -> str:
     """A base64 PNG data URI of the image at ``path``."""

@@ -40,6 +40,7 @@ results, configs = {}, {}
 for name, (model, block, timestep, prompt) in sides.items():
     configs[name] = s.extraction(timestep, prompt, model=model.name)
     results[name] = ui.run_core(explore_view, configs[name], block, reduction, model=model, device=s.device,
+                                dataset=ui.scanned_dataset(configs[name].dataset),
                                 label=f"Setting {name}: extracting features")
 
 ra, rb = results["A"], results["B"]

@@ -23,7 +23,8 @@ reduction = ui.reduction_controls(s.seed, container=c_red, params_container=c_pa
 colour = ui.colour_control(container=c_col)
 
 config = s.extraction(timestep, prompt)
-result = ui.run_core(explore_view, config, block, reduction, model=model, device=s.device)
+result = ui.run_core(explore_view, config, block, reduction, model=model, device=s.device,
+                     dataset=ui.scanned_dataset(config.dataset))
 fs = result.features
 
 labels, categories = ui.labels_for(fs, colour, block, s.seed)

@@ -43,3 +43,15 @@ def tiny_sd_copy(tiny_sd_dir, tmp_path) -> Path:
     dst = tmp_path / "tiny-sd"
     shutil.copytree(tiny_sd_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two shared cores: one torch thread avoids oversubscription (and is many times faster here).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

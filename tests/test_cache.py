@@ -14,23 +14,18 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import core.sweep
 from core.cache import FeatureCache, atomic_save_npz, safe_load_npz
 from core.engine import ExtractionConfig, cache_key, get_features, select_images
 from core.features import PromptSpec
+from core.testing import make_domainbed
 from core.models import folder_identity, load_model
 from core.sweep import run_sweep
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
@@ -69,15 +64,6 @@ class UNetCounter:
 class SimulatedKill(Exception):
     pass
 
-
-def make_domainbed(root, domains=("art", "photo"), classes=("cat", "dog"), per_cell=2):
-    rng = np.random.default_rng(1)
-    for d in domains:
-        for c in classes:
-            (root / d / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_cell):
-                Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / d / c / f"{i}.png")
-    return root
 
 
 def chunk_files(cache_root, key):
@@ -414,7 +400,7 @@ def test_cache_key_ignores_batch_size(model, tiny_sd_dir):
 
 
 def test_cache_key_follows_dataset_content(model, tiny_sd_dir, tmp_path):
-    root = make_domainbed(tmp_path / "ds")
+    root = make_domainbed(tmp_path / "ds", seed=1)
     c = ExtractionConfig(dataset=str(root), model=str(tiny_sd_dir))
     k0 = _key(c, model)
     assert _key(c, model) == k0

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from core.cli import main
 from core.engine import ExtractionConfig, get_features
+from core.testing import make_domainbed
 from core.models import load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,22 +26,8 @@ TINY_BLOCKS = ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
                "up_blocks.0", "up_blocks.1", "up_blocks.2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def make_domainbed(root, domains=("art", "photo"), classes=("cat", "dog"), per_cell=2):
-    rng = np.random.default_rng(2)
-    for d in domains:
-        for c in classes:
-            (root / d / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_cell):
-                Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / d / c / f"{i}.png")
-    return root
 
 
 def assert_one_line_error(err: str, *fragments: str):
@@ -83,7 +69,7 @@ def test_models_lists_registry(capsys):
 
 
 def test_validate_reports_domains_classes_counts_and_skipped(tmp_path, capsys):
-    root = make_domainbed(tmp_path / "ds", per_cell=2)
+    root = make_domainbed(tmp_path / "ds", per_cell=2, seed=2, sizes=((64, 48),))
     for i in range(3):
         Image.new("RGB", (8, 8)).save(root / "photo" / "cat" / f"extra{i}.png")
     (root / "art" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")

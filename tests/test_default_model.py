@@ -22,7 +22,7 @@ from core.engine import ExtractionConfig
 from core.model_card import CARD_DATASETS, CARD_TIMESTEPS, card_config, csv_path
 from core.models import DEFAULT_MODEL, MODELS_DIR, load_model
 from core.sweep import run_sweep
-from core.train_default import HELDOUT_SETS, ImageSet, canonical_caption, denoising_loss, load_images, vae_recon_mse
+from core.train_default import HELDOUT_SETS, ImageSet, denoising_loss, load_images, vae_recon_mse
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = MODELS_DIR / "domainlens-tiny"

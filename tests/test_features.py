@@ -27,6 +27,7 @@ from core.features import (
     unet_block_features,
 )
 from core.models import ModelError, load_model
+from core.testing import make_domainbed
 
 TINY_BLOCKS = ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
                "up_blocks.0", "up_blocks.1", "up_blocks.2"]
@@ -36,13 +37,7 @@ RESOLUTION = 64  # the tiny model's image size (8x8x4 latents)
 # ------------------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Two shared cores: one torch thread avoids oversubscription (and is many times faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
@@ -67,20 +62,6 @@ def cfg(model_dir, **kw) -> ExtractionConfig:
 # non-square sizes of several aspect ratios, so that resize + center crop really do something
 SIZES = [(80, 64), (64, 96), (100, 70), (70, 140)]
 
-
-def make_domainbed(root, domains=("art", "photo"), classes=("cat", "dog"), per_cell=2, seed=0):
-    """A small DomainBed folder of random-texture PNGs with non-square sizes."""
-    rng = np.random.default_rng(seed)
-    k = 0
-    for d in domains:
-        for c in classes:
-            (root / d / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_cell):
-                w, h = SIZES[k % len(SIZES)]
-                k += 1
-                a = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-                Image.fromarray(a).save(root / d / c / f"img{i}.png")
-    return root
 
 
 def hooks_everywhere(module: torch.nn.Module) -> int:
@@ -181,7 +162,7 @@ def plain(tiny_sd_dir):
 
 @pytest.fixture()
 def small_ds(tmp_path):
-    return make_domainbed(tmp_path / "ds")
+    return make_domainbed(tmp_path / "ds", seed=0, sizes=SIZES)
 
 
 # ---------------------------------------------------------------------------------- shapes, order
@@ -605,7 +586,7 @@ def test_extraction_survives_simulated_oom(model, tiny_sd_dir, tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_reported(model, tiny_sd_dir, tmp_path):
-    root = make_domainbed(tmp_path / "ds", per_cell=3)
+    root = make_domainbed(tmp_path / "ds", per_cell=3, seed=0, sizes=SIZES)
     (root / "art" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     (root / "photo" / "dog" / "notes.txt").write_text("not an image")
     c = ExtractionConfig(dataset=str(root), model=str(tiny_sd_dir))

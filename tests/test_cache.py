@@ -405,7 +405,7 @@ def test_cache_key_follows_dataset_content(model, tiny_sd_dir, tmp_path):
     k0 = _key(c, model)
     assert _key(c, model) == k0
 
-    f = root / "art" / "cat" / "0.png"
+    f = root / "art" / "cat" / "img0.png"
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # touched (or rewritten)
     k1 = _key(c, model)

@@ -131,23 +131,11 @@ def default_model_ready(folder: Path = DEFAULT_MODEL_DIR) -> bool:
 
 def build_standin(folder: Path) -> Path:
     """Save an untrained model with exactly the default's architecture (core.train_default.TrainConfig)."""
-    import tempfile
-
-    import torch
     from diffusers import StableDiffusionPipeline
 
-    from core.train_default import TrainConfig, build_schedulers, build_text_encoder, build_tokenizer, build_unet, build_vae
+    from core.train_default import TrainConfig, build_components
 
-    cfg = TrainConfig()
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = build_tokenizer(tmp, cfg.text_max_length)
-    torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg)
-    torch.manual_seed(cfg.seed + 1)
-    te = build_text_encoder(cfg, tok)
-    torch.manual_seed(cfg.seed + 2)
-    unet = build_unet(cfg)
-    _, ddim = build_schedulers(cfg)
+    tok, vae, te, unet, _, ddim = build_components(TrainConfig())
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=ddim,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(folder), safe_serialization=True)

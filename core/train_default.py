@@ -348,6 +348,21 @@ def build_schedulers(cfg: TrainConfig):
     return DDPMScheduler(**kw), DDIMScheduler(**kw, set_alpha_to_one=False, steps_offset=1)
 
 
+def build_components(cfg: TrainConfig):
+    """Tokenizer, VAE, text encoder, UNet (each seeded from ``cfg.seed``) and the (training, DDIM) schedulers:
+    the untrained model that :func:`train_default` starts from."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(tmp, cfg.text_max_length)
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg)
+    torch.manual_seed(cfg.seed + 1)
+    text_encoder = build_text_encoder(cfg, tokenizer)
+    torch.manual_seed(cfg.seed + 2)
+    unet = build_unet(cfg)
+    noise_scheduler, ddim = build_schedulers(cfg)
+    return tokenizer, vae, text_encoder, unet, noise_scheduler, ddim
+
+
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -582,15 +597,7 @@ def train_default(out: str | os.PathLike, cfg: TrainConfig | None = None, data_d
     timings["load_data_s"] = time.time() - t0
     _say(log, f"[data] {len(train)} train images, {len(heldout)} held-out images ({timings['load_data_s']:.1f} s)")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(tmp, cfg.text_max_length)
-    torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg)
-    torch.manual_seed(cfg.seed + 1)
-    text_encoder = build_text_encoder(cfg, tokenizer)
-    torch.manual_seed(cfg.seed + 2)
-    unet = build_unet(cfg)
-    noise_scheduler, ddim = build_schedulers(cfg)
+    tokenizer, vae, text_encoder, unet, noise_scheduler, ddim = build_components(cfg)
     params = {"vae": n_params(vae), "text_encoder": n_params(text_encoder), "unet": n_params(unet)}
     _say(log, f"[model] params {params}; vocab {len(tokenizer)}")
 

@@ -20,7 +20,7 @@ def main(arg: str) -> dict:
     out: dict = {"spec": spec}
     task, variant = spec["task"], spec.get("variant", "")
     t0 = time.perf_counter()
-    from core.reduce import ReductionConfig, _n_jobs, _pca, reduce
+    from core.analysis.reduce import ReductionConfig, _n_jobs, _pca, reduce
 
     if task == "tsne" and variant.startswith("opentsne"):
         import openTSNE  # noqa: F401

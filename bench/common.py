@@ -111,7 +111,7 @@ def row(metric: str, value, unit: str = "", target: str | None = None, met: bool
 def default_model(work: Path):
     """The embedded default model: ``models/domainlens-tiny`` when it exists, else an untrained stand-in of
     the same architecture (built with the trainer's own builders). Returns ``(FeatureModel, source)``."""
-    from core.models import load_model
+    from core.backbones.loading import load_model
 
     if default_model_ready():
         return load_model("domainlens-tiny", "cpu", "float32"), "models/domainlens-tiny (trained)"
@@ -130,10 +130,10 @@ def default_model_ready(folder: Path = DEFAULT_MODEL_DIR) -> bool:
 
 
 def build_standin(folder: Path) -> Path:
-    """Save an untrained model with exactly the default's architecture (core.train_default.TrainConfig)."""
+    """Save an untrained model with exactly the default's architecture (core.training.train_default.TrainConfig)."""
     from diffusers import StableDiffusionPipeline
 
-    from core.train_default import TrainConfig, build_components
+    from core.training.train_default import TrainConfig, build_components
 
     tok, vae, te, unet, _, ddim = build_components(TrainConfig())
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=ddim,
@@ -152,7 +152,7 @@ def sd_sized_model():
         import torch
         from diffusers import DDIMScheduler, UNet2DConditionModel
 
-        from core.models import FeatureModel, unet_block_names
+        from core.backbones.loading import FeatureModel, unet_block_names
         from core.testing import sd_sized_unet_config
 
         torch.manual_seed(0)
@@ -169,7 +169,7 @@ def unet_inputs(model, n: int, resolution: int | None = None, seed: int = 0):
     """Seeded clean latents (n, 4, r/8, r/8), image ids and empty-prompt conditioning for ``model``."""
     import torch
 
-    from core.features import PromptEncoder, encode_latents
+    from core.backbones.features import PromptEncoder, encode_latents
 
     g = torch.Generator().manual_seed(seed)
     ids = [f"img{i:05d}" for i in range(n)]

@@ -57,7 +57,7 @@ def _speed_row(metric: str, x: float, target: float | None, note: str = "") -> d
 
 def bench_all_blocks(ctx: Ctx, batch: int | None = None, reps: int | None = None, sd: bool | None = None) -> dict:
     """Features of all B blocks from one UNet evaluation vs one full evaluation per block."""
-    from core.features import unet_block_features
+    from core.backbones.features import unet_block_features
 
     model, source = ctx.default_model()
     batch = batch or 32
@@ -104,7 +104,7 @@ def bench_all_blocks(ctx: Ctx, batch: int | None = None, reps: int | None = None
 
 def bench_early_exit(ctx: Ctx, batch: int | None = None, reps: int | None = None, sd: bool | None = None) -> dict:
     """Early exit vs full forward when only one block is wanted."""
-    from core.features import unet_block_features
+    from core.backbones.features import unet_block_features
 
     model, source = ctx.default_model()
     cases = [("default", model, batch or 32, None, reps or (3 if ctx.quick else 5))]
@@ -138,7 +138,7 @@ def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 3
     """Images/s of the default model by batch size; SD-2.1-sized UNet s/img at 256 / 512 px."""
     import torch
 
-    from core.features import PromptEncoder, extract_batch, run_batches, unet_block_features
+    from core.backbones.features import PromptEncoder, extract_batch, run_batches, unet_block_features
 
     model, source = ctx.default_model()
     n = n_images or (64 if ctx.quick else 128)
@@ -229,8 +229,8 @@ def accelerator_throughput(device, dtype, quick: bool = False, resolution: int =
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from core.features import unet_block_features
-    from core.models import FeatureModel, unet_block_names
+    from core.backbones.features import unet_block_features
+    from core.backbones.loading import FeatureModel, unet_block_names
     from core.testing import sd_sized_unet_config
 
     cfg = unet_config or sd_sized_unet_config(resolution)
@@ -295,8 +295,8 @@ def scatter_figure(embedding, domains, classes, ids, categories=None):
 
 def _inject(cache_dir: Path, config, shell, dataset, seed: int) -> str:
     """Write SD-2.1-shaped features for ``config`` straight into the feature cache (as an extraction would)."""
-    from core.cache import FeatureCache
-    from core.engine import cache_key, select_images
+    from core.engine.cache import FeatureCache
+    from core.engine.extract import cache_key, select_images
 
     ds, records = select_images(config, dataset)
     key = cache_key(config, shell, ds, records)
@@ -318,7 +318,7 @@ def _sd_shell():
     import torch
     from diffusers import DDIMScheduler
 
-    from core.models import FeatureModel
+    from core.backbones.loading import FeatureModel
 
     return FeatureModel("sd21-shaped-injected", "diffusion", "bench-injected-sd21-shaped", 512, torch.device("cpu"),
                         torch.float32, list(SD21_BLOCKS), scheduler=DDIMScheduler(num_train_timesteps=1000))
@@ -328,12 +328,12 @@ def bench_slider(ctx: Ctx, sizes=None, reps: int | None = None, real_sizes=None,
     """Warm slider latency: explore_view on warm caches + scatter build + the JSON Streamlit sends."""
     import plotly.io as pio
 
-    from core.cache import FeatureCache
-    from core.datasets import load_dataset
-    from core.engine import ExtractionConfig, get_features
-    from core.explore import explore_view
-    from core.reduce import ReductionConfig, cached_reduce
-    from core.sweep import cached_scores
+    from core.engine.cache import FeatureCache
+    from core.data.datasets import load_dataset
+    from core.engine.extract import ExtractionConfig, get_features
+    from core.analysis.explore import explore_view
+    from core.analysis.reduce import ReductionConfig, cached_reduce
+    from core.analysis.sweep import cached_scores
 
     sizes = sizes or (1000, 5000)
     real_sizes = real_sizes if real_sizes is not None else ((1000,) if ctx.quick else (1000, 5000))
@@ -512,11 +512,11 @@ def bench_reductions(ctx: Ctx, sizes=None, dim: int = 1280, reps: int | None = N
                                            f"+ import {again['import_s']:.1f} s"))
     return {"rows": rows, "details": details, "notes": [
         "Synthetic clustered data (4 domains x 6 classes in a 64-d subspace of 1280-d, plus noise).",
-        "openTSNE runs core.reduce.reduce (PCA-50, then 250 early-exaggeration + 500 iterations); scikit-learn runs "
+        "openTSNE runs core.analysis.reduce.reduce (PCA-50, then 250 early-exaggeration + 500 iterations); scikit-learn runs "
         "TSNE(init='pca', perplexity=30, 1000 iterations, Barnes-Hut) on the same PCA-50 with the same n_jobs.",
         "Every t-SNE/UMAP call runs in a fresh interpreter (bench._worker) with the caller's thread settings "
         "(not bench.run's --threads), so first-call costs are real. 'OMP_NUM_THREADS=1' rows set that variable, "
-        "which core.reduce passes to openTSNE as n_jobs."]}
+        "which core.analysis.reduce passes to openTSNE as n_jobs."]}
 
 
 # -------------------------------------------------------------------------------------- 6. metrics
@@ -545,7 +545,7 @@ def bench_metrics(ctx: Ctx, n: int = 100_000, dim: int = 1280, n_domains: int = 
     import plotly.io as pio
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    from core import metrics
+    from core.analysis import metrics
 
     X, dom, cls = clustered_features(n, dim, n_domains=n_domains, n_classes=10, seed=1, domain_sep=1.0,
                                      noise=1.0)
@@ -624,7 +624,7 @@ def bench_metrics(ctx: Ctx, n: int = 100_000, dim: int = 1280, n_domains: int = 
 
 def bench_cache(ctx: Ctx, n_images: int = 1024, channels: int = 1280, reps: int | None = None) -> dict:
     """On-disk size and load time per 1k images per block (fp32 vs fp16 npz) and DomainNet extrapolation."""
-    from core.cache import FeatureCache, safe_load_npz
+    from core.engine.cache import FeatureCache, safe_load_npz
 
     reps = reps or (3 if ctx.quick else 7)
     root = ctx.work / f"cache-bench-{time.time_ns()}"
@@ -735,7 +735,7 @@ def bench_first_explore(ctx: Ctx, max_per_domain: int | None = None) -> dict:
                              f"needs {CHROMIUM} (apt-get install chromium)")], "details": {}, "notes": []}
     from playwright.sync_api import sync_playwright
 
-    from core.models import DEFAULT_MODEL
+    from core.backbones.loading import DEFAULT_MODEL
 
     per_domain = max_per_domain or (20 if ctx.quick else 100)  # 100 = the sidebar's default
     home = Path(tempfile.mkdtemp(prefix="fresh-", dir=ctx.work))
@@ -784,7 +784,7 @@ def bench_scan(ctx: Ctx, n_files: int | None = None, reps: int | None = None) ->
     ``n_files`` tiny files vs the bare minimum (os.walk + stat of every file), extrapolated to DomainNet."""
     import shutil
 
-    from core.datasets import scan_folder
+    from core.data.datasets import scan_folder
 
     n = n_files or (20_000 if ctx.quick else 100_000)
     reps = reps or (2 if ctx.quick else 3)

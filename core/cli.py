@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.builtin import BUILTINS, SPLITS
-from core.datasets import DatasetError, load_dataset, verify_images
-from core.features import ExtractionError, PromptSpec
-from core.models import DEFAULT_MODEL, ModelError, list_models
+from core.data.builtin import BUILTINS, SPLITS
+from core.data.datasets import DatasetError, load_dataset, verify_images
+from core.backbones.features import ExtractionError, PromptSpec
+from core.backbones.loading import DEFAULT_MODEL, ModelError, list_models
 
 EXPECTED_ERRORS = (DatasetError, ModelError, ExtractionError, ValueError, FileNotFoundError, PermissionError)
 
@@ -108,7 +108,7 @@ def cmd_validate(args) -> int:
 
 
 def _config(args, timestep: int):
-    from core.engine import ExtractionConfig
+    from core.engine.extract import ExtractionConfig
 
     return ExtractionConfig(dataset=args.dataset, model=args.model, timestep=timestep,
                             prompt=PromptSpec.parse(args.prompt, args.prompt_template), seed=args.seed,
@@ -117,8 +117,8 @@ def _config(args, timestep: int):
 
 
 def cmd_extract(args) -> int:
-    from core.engine import get_features
-    from core.models import load_model
+    from core.engine.extract import get_features
+    from core.backbones.loading import load_model
 
     if args.export and not args.export.endswith(".npz"):
         raise ValueError(f"--export must name a .npz file, got {args.export!r}")
@@ -149,8 +149,8 @@ def cmd_extract(args) -> int:
 def cmd_sweep(args) -> int:
     import pandas as pd
 
-    from core.models import load_model
-    from core.sweep import run_sweep
+    from core.backbones.loading import load_model
+    from core.analysis.sweep import run_sweep
 
     model = load_model(args.model, args.device, args.dtype)
     update, close = _progress(not args.no_progress, "sweep")

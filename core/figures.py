@@ -139,7 +139,7 @@ def heatmap(
 ) -> go.Figure:
     """Block (rows, UNet order) x timestep (columns) heatmap of ``value`` for one prompt.
 
-    ``df`` has the columns of :func:`core.sweep.run_sweep` (one prompt). ``best``, a row of ``df``, is
+    ``df`` has the columns of :func:`core.analysis.sweep.run_sweep` (one prompt). ``best``, a row of ``df``, is
     outlined. Missing timesteps (baselines) show as a single "n/a" column.
     """
     if df.empty:
@@ -303,7 +303,7 @@ def shared_ranges(*embeddings: np.ndarray, pad: float = 0.05) -> tuple[list[floa
 
 
 def score_table(a, b, names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
-    """Two :class:`core.metrics.Scores` side by side with the difference (second minus first)."""
+    """Two :class:`core.analysis.metrics.Scores` side by side with the difference (second minus first)."""
     rows = []
     for key, label in (("domain_nmi", "domain NMI"), ("class_nmi", "class NMI"),
                        ("domain_probe_acc", "domain predictability"), ("domain_silhouette", "domain silhouette")):
@@ -359,7 +359,7 @@ def pseudo_domains(
     the true domains and classes, and the ``n_exemplars`` images nearest to each centroid."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    from core.metrics import kmeans_labels
+    from core.analysis.metrics import kmeans_labels
 
     X = np.asarray(features, dtype=np.float32)
     if len(X) != len(domains) or len(X) != len(classes):
@@ -402,7 +402,7 @@ def thumbnail_data_uri(path: str, size: int = 96) -> str:
     """A ``data:image/png;base64,...`` thumbnail (longest side ``size`` px) of an image file."""
     from PIL import Image
 
-    from core.datasets import load_rgb
+    from core.data.datasets import load_rgb
 
     im = load_rgb(path)
     im.thumbnail((size, size), Image.LANCZOS)

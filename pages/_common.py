@@ -26,13 +26,13 @@ import pandas as pd
 import streamlit as st
 
 from core import figures
-from core.builtin import BUILTINS
-from core.datasets import DatasetError, load_dataset
-from core.engine import ExtractionConfig
-from core.features import ExtractionError, PromptSpec
-from core.metrics import Scores, kmeans_labels
-from core.models import DEFAULT_MODEL, REGISTRY, FeatureModel, ModelError, load_model, resolve_device
-from core.reduce import ReductionConfig
+from core.data.builtin import BUILTINS
+from core.data.datasets import DatasetError, load_dataset
+from core.engine.extract import ExtractionConfig
+from core.backbones.features import ExtractionError, PromptSpec
+from core.analysis.metrics import Scores, kmeans_labels
+from core.backbones.loading import DEFAULT_MODEL, REGISTRY, FeatureModel, ModelError, load_model, resolve_device
+from core.analysis.reduce import ReductionConfig
 
 # Errors core raises for bad input; anything else is a bug and is allowed to surface.
 EXPECTED_ERRORS = (DatasetError, ModelError, ExtractionError, ValueError, FileNotFoundError, PermissionError)
@@ -111,7 +111,7 @@ def resolve_inside_roots(typed: str, roots: Sequence[Path]) -> Path:
 def _looks_like_domainbed(folder: Path) -> bool:
     """``<folder>/<domain>/<class>/<image>``: two or more domain folders, and the first class folder of
     the first domain holds an image file (a folder of datasets has folders there instead)."""
-    from core.datasets import IMAGE_EXTENSIONS
+    from core.data.datasets import IMAGE_EXTENSIONS
 
     def subdirs(p):
         return sorted(e.path for e in os.scandir(p) if e.is_dir() and not e.name.startswith((".", "_")))
@@ -211,7 +211,7 @@ def png_export_available() -> bool:
 
 @st.cache_resource(show_spinner="Preparing UMAP (numba compiles once per server process, ~15-40 s)…")
 def warm_umap() -> bool:
-    from core.reduce import reduce
+    from core.analysis.reduce import reduce
 
     reduce(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), ReductionConfig(method="umap"))
     return True
@@ -275,7 +275,7 @@ def short_model_name(name: str) -> str:
 def explain_model_error(name: str, err: Exception) -> str:
     if name == DEFAULT_MODEL and not Path(REGISTRY[DEFAULT_MODEL][1]).is_dir():
         return (f"The embedded model `{DEFAULT_MODEL}` is not installed yet (expected in "
-                f"`models/{DEFAULT_MODEL}`). Train it with `python -m core.train_default --out "
+                f"`models/{DEFAULT_MODEL}`). Train it with `python -m core.training.train_default --out "
                 f"models/{DEFAULT_MODEL}`, or pick the `pixels` baseline or another model in the sidebar.")
     return f"{err}\n\nPick another model in the sidebar (the `pixels` baseline always works)."
 

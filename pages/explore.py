@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import figures
-from core.explore import explore_view
+from core.analysis.explore import explore_view
 from pages import _common as ui
 
 s = ui.settings()

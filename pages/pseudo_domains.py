@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from core import figures
-from core.engine import get_features
+from core.engine.extract import get_features
 from pages import _common as ui
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from core import figures
-from core.features import PromptSpec
-from core.sweep import best_setting, run_sweep
+from core.backbones.features import PromptSpec
+from core.analysis.sweep import best_setting, run_sweep
 from pages import _common as ui
 
 TIMESTEP_CHOICES = [0, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999]

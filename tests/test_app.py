@@ -24,10 +24,10 @@ import plotly.io as pio
 import pytest
 from PIL import Image
 
-from core.engine import ExtractionConfig
-from core.features import PromptSpec
-from core.metrics import Scores
-from core.reduce import ReductionConfig
+from core.engine.extract import ExtractionConfig
+from core.backbones.features import PromptSpec
+from core.analysis.metrics import Scores
+from core.analysis.reduce import ReductionConfig
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -54,8 +54,8 @@ def tiny_app(tiny_sd_dir, monkeypatch):
 def core_explore(model: str, block: str = "up_blocks.1", timestep: int = 50,
                  prompt: PromptSpec = PromptSpec(), method: str = "pca", dataset: str = DATASET, **red):
     """The Explore numbers from core directly (the test's cache: a hit only for the very same config)."""
-    from core.explore import explore_view
-    from core.models import load_model
+    from core.analysis.explore import explore_view
+    from core.backbones.loading import load_model
 
     cfg = ExtractionConfig(dataset=dataset, model=model, timestep=timestep, prompt=prompt, seed=0,
                            max_per_domain=N_PER_DOMAIN)
@@ -236,15 +236,15 @@ def test_pixels_baseline_has_no_timestep_or_prompt(tiny_app):
 
 
 def test_missing_embedded_model_says_how_to_get_it(tiny_app, tmp_path, monkeypatch):
-    import core.models
+    import core.backbones.loading
 
-    kind, _, desc = core.models.REGISTRY["domainlens-tiny"]
-    monkeypatch.setitem(core.models.REGISTRY, "domainlens-tiny", (kind, str(tmp_path / "not-trained"), desc))
+    kind, _, desc = core.backbones.loading.REGISTRY["domainlens-tiny"]
+    monkeypatch.setitem(core.backbones.loading.REGISTRY, "domainlens-tiny", (kind, str(tmp_path / "not-trained"), desc))
     monkeypatch.delenv("DOMAINLENS_DEFAULT_MODEL")
     at = tiny_app.run()
     assert not at.exception
     (err,) = at.error
-    assert "python -m core.train_default" in err.value and "pixels" in err.value
+    assert "python -m core.training.train_default" in err.value and "pixels" in err.value
     assert not at.get("plotly_chart")
 
 
@@ -323,8 +323,8 @@ def test_dataset_inside_the_roots_is_found_and_explored(tiny_app, tmp_path, monk
 
 
 def test_sweep_page_matches_core_sweep(tiny_app, tiny_sd_dir):
-    from core.models import load_model
-    from core.sweep import run_sweep
+    from core.backbones.loading import load_model
+    from core.analysis.sweep import run_sweep
 
     at = tiny_app.run()
     at.switch_page("pages/sweep.py").run()

@@ -167,7 +167,7 @@ def test_confusion_heatmap_counts_and_row_shares():
 
 
 def test_score_table_and_shared_ranges():
-    from core.metrics import Scores
+    from core.analysis.metrics import Scores
 
     a = Scores(0.5, 0.01, 0.2, 0.01, 0.9, 0.1, 10)
     b = Scores(0.7, 0.01, 0.1, 0.01, 0.8, 0.3, 10)

@@ -117,7 +117,7 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
 
     from playwright.sync_api import sync_playwright
 
-    from core.engine import ExtractionConfig
+    from core.engine.extract import ExtractionConfig
 
     env = app_env(str(tiny_sd_dir), 10)
     with streamlit_server(env, tmp_path / "streamlit.log") as url, sync_playwright() as p:

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.sweep
-from core.cache import FeatureCache, atomic_save_npz, safe_load_npz
-from core.engine import ExtractionConfig, cache_key, get_features, select_images
-from core.features import PromptSpec
+import core.analysis.sweep
+from core.engine.cache import FeatureCache, atomic_save_npz, safe_load_npz
+from core.engine.extract import ExtractionConfig, cache_key, get_features, select_images
+from core.backbones.features import PromptSpec
 from core.testing import make_domainbed
-from core.models import folder_identity, load_model
-from core.sweep import run_sweep
+from core.backbones.loading import folder_identity, load_model
+from core.analysis.sweep import run_sweep
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -119,8 +119,8 @@ def test_second_identical_sweep_runs_no_unet_and_no_scoring(model, tiny_sd_dir, 
     assert first.images == 64  # 32 images x 2 timesteps, both blocks in one pass
 
     scored = []
-    real = core.sweep.score_features
-    monkeypatch.setattr(core.sweep, "score_features", lambda *a, **k: scored.append(1) or real(*a, **k))
+    real = core.analysis.sweep.score_features
+    monkeypatch.setattr(core.analysis.sweep, "score_features", lambda *a, **k: scored.append(1) or real(*a, **k))
     with UNetCounter(model.unet) as second:
         df2 = run_sweep(base, ["mid_block", "up_blocks.1"], [50, 500], model=model, n_seeds=2)
     assert second.calls == 0 and scored == []

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from core.cli import main
-from core.engine import ExtractionConfig, get_features
+from core.engine.extract import ExtractionConfig, get_features
 from core.testing import make_domainbed
-from core.models import load_model
+from core.backbones.loading import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["block", "timestep", "prompt", "domain_nmi", "domain_nmi_std", "class_nmi", "class_nmi_std",
@@ -221,8 +221,8 @@ def test_module_entry_point_sweep(tiny_sd_dir, tmp_path):
 
 
 def test_core_never_imports_streamlit():
-    code = ("import core.cli, core.engine, core.sweep, core.reduce, core.metrics, core.models, core.features, "
-            "core.cache, core.datasets, core.builtin, core.testing; import sys; "
+    code = ("import core.cli, core.engine.extract, core.analysis.sweep, core.analysis.reduce, core.analysis.metrics, core.backbones.loading, core.backbones.features, "
+            "core.engine.cache, core.data.datasets, core.data.builtin, core.testing; import sys; "
             "assert 'streamlit' not in sys.modules, 'core imported streamlit'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=300)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import builtin
-from core.datasets import (
+from core.data import builtin
+from core.data.datasets import (
     DEFAULT_MAX_PIXELS,
     Dataset,
     DatasetError,

@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-import core.models
-from core.engine import ExtractionConfig
-from core.model_card import CARD_DATASETS, CARD_TIMESTEPS, card_config, csv_path
-from core.models import DEFAULT_MODEL, MODELS_DIR, load_model
-from core.sweep import run_sweep
-from core.train_default import HELDOUT_SETS, ImageSet, denoising_loss, load_images, vae_recon_mse
+import core.backbones.loading
+from core.engine.extract import ExtractionConfig
+from core.training.model_card import CARD_DATASETS, CARD_TIMESTEPS, card_config, csv_path
+from core.backbones.loading import DEFAULT_MODEL, MODELS_DIR, load_model
+from core.analysis.sweep import run_sweep
+from core.training.train_default import HELDOUT_SETS, ImageSet, denoising_loss, load_images, vae_recon_mse
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = MODELS_DIR / "domainlens-tiny"
@@ -49,7 +49,7 @@ def _sizes(folder: Path) -> dict[str, int]:
 
 def test_default_is_the_shipped_sd_folder_within_25_mb():
     assert DEFAULT_MODEL == "domainlens-tiny"
-    kind, loc, _ = core.models.REGISTRY[DEFAULT_MODEL]
+    kind, loc, _ = core.backbones.loading.REGISTRY[DEFAULT_MODEL]
     assert kind == "diffusion" and Path(loc) == TINY
     files = _sizes(TINY)
     for part in ("vae", "unet", "text_encoder"):
@@ -167,7 +167,7 @@ def test_cli_sweep_uses_the_shipped_model_without_model_flag(tmp_path):
 
 def test_cnn_baseline_classifies_heldout_images(heldout):
     """The shipped discriminative baseline really is a classifier: held-out accuracy of its own head."""
-    from core.train_baseline import load_baseline_cnn
+    from core.training.train_baseline import load_baseline_cnn
 
     net = load_baseline_cnn(CNN).eval()
     classes = json.loads((CNN / "config.json").read_text())["classes"]

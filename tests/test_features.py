@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-import core.engine
-from core.datasets import load_dataset, load_rgb
-from core.engine import ExtractionConfig, get_features
-from core.features import (
+import core.engine.extract
+from core.data.datasets import load_dataset, load_rgb
+from core.engine.extract import ExtractionConfig, get_features
+from core.backbones.features import (
     ExtractionError,
     PromptEncoder,
     PromptSpec,
@@ -26,7 +26,7 @@ from core.features import (
     run_batches,
     unet_block_features,
 )
-from core.models import ModelError, load_model
+from core.backbones.loading import ModelError, load_model
 from core.testing import make_domainbed
 
 TINY_BLOCKS = ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture()
 def no_latent_memo(monkeypatch):
     """Make every extraction VAE-encode its images again (the engine may keep clean latents in memory)."""
-    memo = getattr(core.engine, "LATENT_MEMO", None)
+    memo = getattr(core.engine.extract, "LATENT_MEMO", None)
     if memo is not None:
         monkeypatch.setattr(memo, "max_bytes", 0)
 
@@ -210,7 +210,7 @@ def test_early_exit_equals_full_forward(model, tiny_sd_dir):
     pixels = torch.stack([preprocess(load_rgb(r.path), RESOLUTION) for r in recs])
     cond = PromptEncoder(model)([""] * len(recs))
     ids = [r.id for r in recs]
-    from core.features import encode_latents
+    from core.backbones.features import encode_latents
 
     x0 = encode_latents(model, pixels)
     for blocks in (["down_blocks.0"], ["down_blocks.1", "mid_block"], ["up_blocks.1"], TINY_BLOCKS):
@@ -372,7 +372,7 @@ def test_class_template_encodes_each_prompt_once(model, tiny_sd_dir, monkeypatch
             super().__init__(m)
             encoders.append(self)
 
-    monkeypatch.setattr(core.engine, "PromptEncoder", SpyEncoder)
+    monkeypatch.setattr(core.engine.extract, "PromptEncoder", SpyEncoder)
     spec = PromptSpec.parse(template="a photo of a {class}")
     assert spec.for_class("cat") == "a photo of a cat"
     assert spec.for_class("big_dog") == "a photo of a big dog"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-import core.reduce
-from core.cache import FeatureCache
-from core.metrics import Scores, kmeans_labels, nmi, probe_accuracy, score_features, silhouette
-from core.reduce import ReductionConfig, cached_reduce, reduce
+import core.analysis.reduce
+from core.engine.cache import FeatureCache
+from core.analysis.metrics import Scores, kmeans_labels, nmi, probe_accuracy, score_features, silhouette
+from core.analysis.reduce import ReductionConfig, cached_reduce, reduce
 
 
 def blobs(n_per=50, k=4, dim=64, spread=10.0, seed=0):
@@ -153,7 +153,7 @@ def test_score_features_bundles_everything():
 def test_pca_and_tsne_shapes_and_determinism(method, monkeypatch):
     # openTSNE starts n_jobs threads per gradient step; on a loaded 2-core machine n_jobs=2 makes a
     # 60-point t-SNE take 4-30 s instead of 0.4 s. One thread keeps this test fast.
-    monkeypatch.setattr(core.reduce.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(core.analysis.reduce.os, "cpu_count", lambda: 1)
     X, y = blobs(n_per=15)
     cfg = ReductionConfig(method=method, random_state=0)
     a = reduce(X, cfg)
@@ -182,8 +182,8 @@ def test_pca_of_few_features_is_padded():
 
 def test_cached_reduce_hit_skips_recompute(monkeypatch, tmp_path):
     calls = []
-    real = core.reduce.reduce
-    monkeypatch.setattr(core.reduce, "reduce", lambda X, c: calls.append(c.method) or real(X, c))
+    real = core.analysis.reduce.reduce
+    monkeypatch.setattr(core.analysis.reduce, "reduce", lambda X, c: calls.append(c.method) or real(X, c))
     cache = FeatureCache(tmp_path)
     X, _ = blobs(n_per=15)
     cfg = ReductionConfig(method="pca")
@@ -221,7 +221,7 @@ def test_tsne_theta_is_passed_to_opentsne_and_keys_the_cache(monkeypatch):
             super().__init__(*a, **kw)
 
     monkeypatch.setattr(openTSNE, "TSNE", Spy)
-    monkeypatch.setattr(core.reduce.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(core.analysis.reduce.os, "cpu_count", lambda: 1)
     X, _ = blobs(n_per=10)
     reduce(X, ReductionConfig(method="tsne"))
     reduce(X, ReductionConfig(method="tsne", theta=0.3))

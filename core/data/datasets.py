@@ -353,7 +353,7 @@ def stratified_subsample(
 def load_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """A built-in name (``synthetic-pacs``, ``rotated-digits``, optional ``:train``/``:heldout``), a
     DomainBed folder or a CSV manifest."""
-    from core import builtin
+    from core.data import builtin
 
     if builtin.is_builtin(name_or_path):
         root = builtin.ensure_builtin(name_or_path, data_dir)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.models import FeatureModel
+from core.backbones.loading import FeatureModel
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def baseline_features(model: FeatureModel, pixels: torch.Tensor) -> dict[str, to
     if model.kind == "pixels":
         small = torch.nn.functional.interpolate(pixels.float(), size=(16, 16), mode="area")
         return {"pixels": small.flatten(1)}  # (B, 768)
-    from core.train_baseline import cnn_features
+    from core.training.train_baseline import cnn_features
 
     return {"features": cnn_features(model.net, pixels.to(model.device)).float().cpu()}
 

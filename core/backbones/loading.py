@@ -20,7 +20,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO_ROOT / "models"
 DEFAULT_MODEL = "domainlens-tiny"
 
@@ -221,7 +221,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: s
     if kind == "pixels":
         return FeatureModel(name_or_path, "pixels", "pixels-16x16-v1", 64, dev, torch.float32, ["pixels"])
     if kind == "cnn":
-        from core.train_baseline import load_baseline_cnn
+        from core.training.train_baseline import load_baseline_cnn
 
         net = load_baseline_cnn(folder).to(dev).eval()
         res = int(json.loads((Path(folder) / "config.json").read_text()).get("resolution", 64))

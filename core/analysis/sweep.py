@@ -13,11 +13,11 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from core.cache import FeatureCache, stable_hash
-from core.engine import ExtractionConfig, FeatureSet, get_features
-from core.features import PromptSpec
-from core.metrics import Scores, score_features
-from core.models import FeatureModel, load_model
+from core.engine.cache import FeatureCache, stable_hash
+from core.engine.extract import ExtractionConfig, FeatureSet, get_features
+from core.backbones.features import PromptSpec
+from core.analysis.metrics import Scores, score_features
+from core.backbones.loading import FeatureModel, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ COLUMNS = ["block", "timestep", "prompt", "domain_nmi", "domain_nmi_std", "class
 
 def cached_scores(fs: FeatureSet, block: str, n_seeds: int = 5, probe: bool = True,
                   cache: FeatureCache | None = None) -> Scores:
-    """:func:`core.metrics.score_features` for one block of a feature set, cached on disk."""
+    """:func:`core.analysis.metrics.score_features` for one block of a feature set, cached on disk."""
     cache = cache or FeatureCache()
     key = stable_hash({"features": fs.cache_key, "block": block, "n_seeds": n_seeds, "probe": probe,
                        "ids": stable_hash(fs.ids, 32), "v": 2}, 32)

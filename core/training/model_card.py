@@ -1,6 +1,6 @@
 """Regenerate the block x timestep NMI tables of a model card with the core sweep.
 
-``python -m core.model_card [--model domainlens-tiny]`` runs :func:`core.sweep.run_sweep` on the
+``python -m core.training.model_card [--model domainlens-tiny]`` runs :func:`core.analysis.sweep.run_sweep` on the
 held-out split of each built-in dataset, writes ``<model>/nmi_<dataset>.csv`` and replaces the text
 between ``<!-- nmi-table:begin -->`` and ``<!-- nmi-table:end -->`` in ``<model>/README.md``.
 The same numbers come from ``python -m core sweep --dataset synthetic-pacs:heldout --timesteps
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.engine import ExtractionConfig
-from core.models import DEFAULT_MODEL, load_model, resolve_model_path
-from core.sweep import run_sweep
+from core.engine.extract import ExtractionConfig
+from core.backbones.loading import DEFAULT_MODEL, load_model, resolve_model_path
+from core.analysis.sweep import run_sweep
 
 CARD_DATASETS = ("synthetic-pacs:heldout", "rotated-digits:heldout")
 CARD_TIMESTEPS = (10, 50, 200, 500, 900)

@@ -8,7 +8,7 @@ sets only (``synthetic-pacs:train`` and ``rotated-digits:train``); their held-ou
 
 Usage::
 
-    python -m core.train_default --out models/domainlens-tiny [--vae-steps N] [--unet-steps N]
+    python -m core.training.train_default --out models/domainlens-tiny [--vae-steps N] [--unet-steps N]
                                  [--seed S] [--batch-size B]
 
 Phases (each a public function, so tests can run them with a few steps):
@@ -131,7 +131,7 @@ def load_images(names: Sequence[str] = TRAIN_SETS, data_dir: str | os.PathLike |
     """Decode the images of the given datasets (built-in names) into memory, in a fixed order.
 
     ``max_per_dataset`` takes a stratified, seeded subsample (for tests)."""
-    from core.datasets import load_dataset, load_rgb
+    from core.data.datasets import load_dataset, load_rgb
 
     arrays, dataset, domain, cls, sources = [], [], [], [], {}
     for name in names:
@@ -657,7 +657,7 @@ def train_default(out: str | os.PathLike, cfg: TrainConfig | None = None, data_d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m core.train_default", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m core.training.train_default", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (StableDiffusionPipeline format)")
     ap.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     ap.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)

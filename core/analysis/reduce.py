@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from core.cache import FeatureCache, stable_hash
+from core.engine.cache import FeatureCache, stable_hash
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from core.cache import CACHE_VERSION, FeatureCache, stable_hash
-from core.datasets import Dataset, ImageRecord, UnreadableImage, load_dataset, load_rgb
-from core.features import (ExtractionError, PromptEncoder, PromptSpec, encode_latents, extract_batch, preprocess,
+from core.engine.cache import CACHE_VERSION, FeatureCache, stable_hash
+from core.data.datasets import Dataset, ImageRecord, UnreadableImage, load_dataset, load_rgb
+from core.backbones.features import (ExtractionError, PromptEncoder, PromptSpec, encode_latents, extract_batch, preprocess,
                            run_batches, unet_block_features, validate_timestep)
-from core.models import DEFAULT_MODEL, FeatureModel, load_model
+from core.backbones.loading import DEFAULT_MODEL, FeatureModel, load_model
 
 logger = logging.getLogger(__name__)
 

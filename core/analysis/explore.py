@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.cache import FeatureCache
-from core.datasets import Dataset
-from core.engine import ExtractionConfig, FeatureSet, get_features
-from core.metrics import Scores
-from core.models import FeatureModel
-from core.reduce import ReductionConfig, cached_reduce
-from core.sweep import cached_scores
+from core.engine.cache import FeatureCache
+from core.data.datasets import Dataset
+from core.engine.extract import ExtractionConfig, FeatureSet, get_features
+from core.analysis.metrics import Scores
+from core.backbones.loading import FeatureModel
+from core.analysis.reduce import ReductionConfig, cached_reduce
+from core.analysis.sweep import cached_scores
 
 
 @dataclass

@@ -13,7 +13,7 @@ CNN trained with class labels only (never domain labels) on the TRAIN splits of 
 
 Usage::
 
-    python -m core.train_baseline --out models/domainlens-cnn [--steps N] [--seed S] [--batch-size B]
+    python -m core.training.train_baseline --out models/domainlens-cnn [--steps N] [--seed S] [--batch-size B]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from core.train_default import HELDOUT_SETS, TRAIN_SETS, ImageSet, deterministic, load_images  # noqa: E402
+from core.training.train_default import HELDOUT_SETS, TRAIN_SETS, ImageSet, deterministic, load_images  # noqa: E402
 
 DEFAULT_CHANNELS = (32, 64, 128, 128)
 
@@ -169,7 +169,7 @@ def cnn_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m core.train_baseline", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m core.training.train_baseline", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,1 @@
+"""Backbones: every feature space DomainLens can read (diffusion UNets and transformers, vision baselines)."""

@@ -1,0 +1,1 @@
+"""The engine: one extraction config -> cached features (content-addressed, resumable)."""

@@ -1,0 +1,1 @@
+"""Training of the project's embedded models. Never imported by inference code."""

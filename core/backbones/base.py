@@ -35,6 +35,14 @@ class BackboneError(ValueError):
     """A model or setting a backbone cannot take as given; the message says what to do."""
 
 
+class ModelError(BackboneError):
+    """A model that cannot be loaded as given (unsupported folder, pickle weights, missing files)."""
+
+
+class ExtractionError(BackboneError):
+    """Bad extraction settings (unknown layer, timestep out of range, a prompt the model cannot take)."""
+
+
 # ------------------------------------------------------------------------------------ conditioning
 
 
@@ -154,6 +162,8 @@ class Backbone(ABC):
 
     family: ClassVar[str] = ""  # registry name, e.g. "sd-unet"
     family_label: ClassVar[str] = ""  # human name, e.g. "Stable Diffusion 1.x / 2.x UNet"
+    conditioned_on: ClassVar[str] = ""  # for listings before loading, e.g. "timestep, prompt"
+    hub_examples: ClassVar[tuple[str, ...]] = ()  # real Hub ids of this family, for help texts
 
     name: str
     identity: str  # content hash of the weights and configs
@@ -246,6 +256,20 @@ class Backbone(ABC):
             key["noise_mode"] = noise_mode
         return key
 
+    def check_timestep(self, timestep: int) -> int:
+        """``timestep`` as an int in [0, num_train_timesteps - 1], else :class:`ExtractionError`."""
+        n = self.num_train_timesteps
+        if isinstance(timestep, bool) or int(timestep) != timestep:
+            raise ExtractionError(f"`timestep` must be an integer, got {timestep!r}")
+        if not 0 <= int(timestep) < n:
+            raise ExtractionError(f"`timestep` must be in [0, {n - 1}] for this scheduler, got {timestep}")
+        return int(timestep)
+
+    def describe(self) -> str:
+        """One line for listings: family, layers, default layer, conditioning."""
+        return (f"{self.family_label or self.family}: {len(self.layers)} layers, default {self.default_layer}; "
+                f"conditioned on {self.conditioning.describe()}")
+
     def null_class_if_none(self, class_label: int | None) -> int | None:
         return self.conditioning.null_class if class_label is None else int(class_label)
 
@@ -263,7 +287,7 @@ class Backbone(ABC):
     def module(self, layer: str) -> torch.nn.Module:
         """The module a layer name points to, by path under :attr:`root`."""
         if layer not in self.layers:
-            raise BackboneError(f"unknown layer {layer!r} for {self.name!r}; valid layers: {', '.join(self.layers)}")
+            raise ExtractionError(f"unknown layer {layer!r} for {self.name!r}; valid layers: {', '.join(self.layers)}")
         return self.root.get_submodule(self.layer_path(layer))
 
     def layer_path(self, layer: str) -> str:
@@ -278,10 +302,10 @@ class Backbone(ABC):
         raises :class:`StopForward`. Hooks are removed on exit, whatever happens."""
         unknown = [b for b in layers if b not in self.layers]
         if unknown:
-            raise BackboneError(f"unknown layer(s) {unknown} for {self.name!r}; valid layers: "
-                                f"{', '.join(self.layers)}")
+            raise ExtractionError(f"unknown layer(s) {unknown} for {self.name!r}; valid layers: "
+                                  f"{', '.join(self.layers)}")
         if not layers:
-            raise BackboneError(f"no layer given; pass 'all' or some of {', '.join(self.layers)}")
+            raise ExtractionError(f"no layer given; pass 'all' or some of {', '.join(self.layers)}")
         captured: dict[str, torch.Tensor] = {}
         deepest = max(layers, key=self.layers.index)
         handles = []
@@ -320,7 +344,7 @@ class Backbone(ABC):
                  ) -> dict[str, torch.Tensor]:
         """Average ``one_draw(draw)`` over ``request.ensemble`` noise draws; float32 on CPU."""
         if request.ensemble < 1:
-            raise BackboneError(f"`ensemble` must be >= 1, got {request.ensemble}")
+            raise ExtractionError(f"`ensemble` must be >= 1, got {request.ensemble}")
         sums: dict[str, torch.Tensor] = {}
         for draw in range(request.ensemble):
             for b, v in one_draw(draw).items():

@@ -32,32 +32,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from core.backbones.baselines import DEFAULT_CHANNELS, BaselineCNN, cnn_features, load_baseline_cnn  # noqa: E402,F401
 from core.training.train_default import HELDOUT_SETS, TRAIN_SETS, ImageSet, deterministic, load_images  # noqa: E402
-
-DEFAULT_CHANNELS = (32, 64, 128, 128)
-
-
-class BaselineCNN(nn.Module):
-    """conv-BN-ReLU-pool x len(channels), global average pool, linear head."""
-
-    def __init__(self, num_classes: int, channels: Sequence[int] = DEFAULT_CHANNELS, in_channels: int = 3):
-        super().__init__()
-        layers, c_in = [], in_channels
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            c_in = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, num_classes)
-        self.feature_dim = c_in
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: globally average-pooled last conv block, (B, D)."""
-        return self.features(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
-
 
 def joint_labels(data: ImageSet) -> tuple[list[str], torch.Tensor]:
     """Namespaced class names (sorted; all classes of the source datasets, even if a subsample lacks some)
@@ -147,25 +123,6 @@ def train_baseline(out: str | os.PathLike, steps: int = 600, seed: int = 0, batc
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return config
-
-
-def load_baseline_cnn(path: str | os.PathLike) -> nn.Module:
-    """Load a saved :class:`BaselineCNN` (folder with model.safetensors + config.json), in eval mode."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())
-    model = BaselineCNN(cfg["num_classes"], cfg["channels"], cfg.get("in_channels", 3))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    model.classes = cfg["classes"]
-    return model.eval()
-
-
-@torch.no_grad()
-def cnn_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Penultimate-layer (globally pooled) features of images in [-1, 1], (B, 3, H, W) -> (B, D)."""
-    model.eval()
-    return model.embed(images.float())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

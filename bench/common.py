@@ -110,8 +110,8 @@ def row(metric: str, value, unit: str = "", target: str | None = None, met: bool
 
 def default_model(work: Path):
     """The embedded default model: ``models/domainlens-tiny`` when it exists, else an untrained stand-in of
-    the same architecture (built with the trainer's own builders). Returns ``(FeatureModel, source)``."""
-    from core.backbones.loading import load_model
+    the same architecture (built with the trainer's own builders). Returns ``(backbone, source)``."""
+    from core.backbones.registry import load_backbone as load_model
 
     if default_model_ready():
         return load_model("domainlens-tiny", "cpu", "float32"), "models/domainlens-tiny (trained)"
@@ -146,22 +146,21 @@ _SD_MODEL = {}
 
 
 def sd_sized_model():
-    """A FeatureModel around a random-weight SD-2.1-base-sized UNet (865M params; no VAE/text encoder).
+    """An SD backbone around a random-weight SD-2.1-base-sized UNet (865M params; no VAE/text encoder).
     Built once per process (~20-30 s on CPU)."""
     if "m" not in _SD_MODEL:
         import torch
         from diffusers import DDIMScheduler, UNet2DConditionModel
 
-        from core.backbones.loading import FeatureModel, unet_block_names
+        from core.backbones.sd_unet import SDUNet
         from core.testing import sd_sized_unet_config
 
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**sd_sized_unet_config(512)).eval().requires_grad_(False)
         sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
-        _SD_MODEL["m"] = FeatureModel("sd21-sized-random", "diffusion", "sd21-sized-random-seed0", 512,
-                                      torch.device("cpu"), torch.float32, unet_block_names(unet), unet=unet,
-                                      scheduler=sched)
+        _SD_MODEL["m"] = SDUNet.from_components("sd21-sized-random", "sd21-sized-random-seed0", unet, sched,
+                                                resolution=512)
     return _SD_MODEL["m"]
 
 
@@ -169,23 +168,39 @@ def unet_inputs(model, n: int, resolution: int | None = None, seed: int = 0):
     """Seeded clean latents (n, 4, r/8, r/8), image ids and empty-prompt conditioning for ``model``."""
     import torch
 
-    from core.backbones.features import PromptEncoder, encode_latents
-
     g = torch.Generator().manual_seed(seed)
     ids = [f"img{i:05d}" for i in range(n)]
-    if model.text_encoder is not None:
-        cond = PromptEncoder(model)([""] * n)
-    else:  # the SD-sized random UNet: a random stand-in for the (1, 77, 1024) empty-prompt embedding
+    cond = [""] * n  # the empty prompt
+    if model.text_encoder is None:  # the SD-sized random UNet: a random stand-in for the (77, 1024) embedding
         dim = model.unet.config.cross_attention_dim
-        cond = torch.randn(1, 77, dim, generator=g).expand(n, -1, -1)
+        inject_empty_prompt(model, torch.randn(77, dim, generator=g))
     if model.vae is not None:
         res = resolution or model.resolution
         pixels = torch.rand(n, 3, res, res, generator=g) * 2 - 1
-        x0 = encode_latents(model, pixels)
+        x0 = model.encode(pixels)
     else:
         r = (resolution or model.resolution) // 8
         x0 = torch.randn(n, model.unet.config.in_channels, r, r, generator=g)
     return x0, ids, cond
+
+
+def inject_empty_prompt(model, embedding) -> None:
+    """Make ``embedding`` (L, D) the empty prompt's conditioning of an SD backbone without a text encoder."""
+    model._prompt_memo[""] = embedding.to(model.device, model.dtype)
+
+
+def unet_block_features(model, x0, ids, timestep, prompts, blocks, seed=0, ensemble=1, early_exit=True):
+    """Pooled features of clean latents through the backbone seam (one forward per noise draw)."""
+    from core.backbones.base import Request
+
+    return model.forward_features(x0, ids, blocks, Request(timestep=timestep, prompts=tuple(prompts), seed=seed,
+                                                           ensemble=ensemble), early_exit=early_exit)
+
+
+def extract_batch(model, pixels, ids, prompts, blocks, timestep, seed=0, ensemble=1):
+    """One batch through the whole recipe (encode + forward): ``{block: (B, C) float32 array}``."""
+    out = unet_block_features(model, model.encode(pixels), ids, timestep, prompts, blocks, seed, ensemble)
+    return {b: v.numpy() for b, v in out.items()}
 
 
 class EvalCounter:

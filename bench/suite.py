@@ -16,8 +16,9 @@ from typing import Callable
 import numpy as np
 
 from bench.common import (DOMAINNET_IMAGES, REPO, SD21_BLOCKS, SD21_CHANNELS, EvalCounter, clustered_features,
-                          default_model, interleaved, median, ratio_of_medians, repeat, row, sd_sized_model,
-                          synthetic_domainbed, timed, unet_inputs)
+                          default_model, extract_batch, inject_empty_prompt, interleaved, median, ratio_of_medians,
+                          repeat, row, sd_sized_model, synthetic_domainbed, timed, unet_block_features,
+                          unet_inputs)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ def _speed_row(metric: str, x: float, target: float | None, note: str = "") -> d
 
 def bench_all_blocks(ctx: Ctx, batch: int | None = None, reps: int | None = None, sd: bool | None = None) -> dict:
     """Features of all B blocks from one UNet evaluation vs one full evaluation per block."""
-    from core.backbones.features import unet_block_features
 
     model, source = ctx.default_model()
     batch = batch or 32
@@ -104,7 +104,6 @@ def bench_all_blocks(ctx: Ctx, batch: int | None = None, reps: int | None = None
 
 def bench_early_exit(ctx: Ctx, batch: int | None = None, reps: int | None = None, sd: bool | None = None) -> dict:
     """Early exit vs full forward when only one block is wanted."""
-    from core.backbones.features import unet_block_features
 
     model, source = ctx.default_model()
     cases = [("default", model, batch or 32, None, reps or (3 if ctx.quick else 5))]
@@ -138,7 +137,7 @@ def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 3
     """Images/s of the default model by batch size; SD-2.1-sized UNet s/img at 256 / 512 px."""
     import torch
 
-    from core.backbones.features import PromptEncoder, extract_batch, run_batches, unet_block_features
+    from core.engine.extract import run_batches
 
     model, source = ctx.default_model()
     n = n_images or (64 if ctx.quick else 128)
@@ -147,13 +146,12 @@ def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 3
     pixels = torch.rand(n, 3, model.resolution, model.resolution, generator=g) * 2 - 1
     ids = [f"img{i:05d}" for i in range(n)]
     prompts = [""] * n
-    enc = PromptEncoder(model)
     rows, details = [], {"default_model": source, "n_images": n}
     block_sets = [("all blocks", list(model.blocks))] + ([] if ctx.quick else [("up_blocks.1", ["up_blocks.1"])])
     for blocks_label, blocks in block_sets:
         rates = {}
         for bs in batch_sizes:
-            fn = lambda sl: extract_batch(model, pixels[sl], ids[sl], prompts[sl], blocks, 50, 0, 1, enc)  # noqa: E731
+            fn = lambda sl: extract_batch(model, pixels[sl], ids[sl], prompts[sl], blocks, 50, 0, 1)  # noqa: E731
             ts = repeat(lambda: run_batches(fn, n, bs), reps, warmup=1)
             rates[bs] = n / median(ts)
             rows.append(row(f"[default, CPU] {blocks_label}, batch {bs}", round(rates[bs], 1), "img/s", None, None,
@@ -161,7 +159,7 @@ def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 3
         details[blocks_label] = rates
     # thread count: the same batch-32 extraction with 1 and with 2 torch threads, interleaved
     threads0 = torch.get_num_threads()
-    fn = lambda sl: extract_batch(model, pixels[sl], ids[sl], prompts[sl], list(model.blocks), 50, 0, 1, enc)  # noqa: E731
+    fn = lambda sl: extract_batch(model, pixels[sl], ids[sl], prompts[sl], list(model.blocks), 50, 0, 1)  # noqa: E731
     runs = {}
     for th in (1, 2):
         runs[th] = lambda th=th: (torch.set_num_threads(th), run_batches(fn, n, 32))
@@ -229,16 +227,15 @@ def accelerator_throughput(device, dtype, quick: bool = False, resolution: int =
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from core.backbones.features import unet_block_features
-    from core.backbones.loading import FeatureModel, unet_block_names
+    from core.backbones.sd_unet import SDUNet
     from core.testing import sd_sized_unet_config
 
     cfg = unet_config or sd_sized_unet_config(resolution)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**cfg).eval().requires_grad_(False).to(device, dtype)
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    model = FeatureModel("sd21-sized-random", "diffusion", "random", resolution, device, dtype,
-                         unet_block_names(unet), unet=unet, scheduler=sched)
+    model = SDUNet.from_components("sd21-sized-random", "random", unet, sched, resolution=resolution,
+                                   device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     r = cfg["sample_size"]
     g = torch.Generator().manual_seed(0)
@@ -248,7 +245,8 @@ def accelerator_throughput(device, dtype, quick: bool = False, resolution: int =
     with torch.no_grad():
         for bs in batch_sizes:
             x0 = torch.randn(bs, cfg["in_channels"], r, r, generator=g).to(device)
-            cond = torch.randn(bs, 77, cfg["cross_attention_dim"], generator=g).to(device, dtype)
+            inject_empty_prompt(model, torch.randn(77, cfg["cross_attention_dim"], generator=g))
+            cond = [""] * bs
             ids = [f"img{i:05d}" for i in range(bs)]
             for label, blocks in (("all blocks", list(model.blocks)), ("up_blocks.1", ["up_blocks.1"])):
                 run = lambda: (unet_block_features(model, x0, ids, 50, cond, blocks), sync())  # noqa: E731
@@ -318,10 +316,10 @@ def _sd_shell():
     import torch
     from diffusers import DDIMScheduler
 
-    from core.backbones.loading import FeatureModel
+    from core.backbones.sd_unet import SDUNet
 
-    return FeatureModel("sd21-shaped-injected", "diffusion", "bench-injected-sd21-shaped", 512, torch.device("cpu"),
-                        torch.float32, list(SD21_BLOCKS), scheduler=DDIMScheduler(num_train_timesteps=1000))
+    return SDUNet.from_components("sd21-shaped-injected", "bench-injected-sd21-shaped", None,
+                                  DDIMScheduler(num_train_timesteps=1000), resolution=512, layers=list(SD21_BLOCKS))
 
 
 def bench_slider(ctx: Ctx, sizes=None, reps: int | None = None, real_sizes=None, method: str | None = None) -> dict:
@@ -735,7 +733,7 @@ def bench_first_explore(ctx: Ctx, max_per_domain: int | None = None) -> dict:
                              f"needs {CHROMIUM} (apt-get install chromium)")], "details": {}, "notes": []}
     from playwright.sync_api import sync_playwright
 
-    from core.backbones.loading import DEFAULT_MODEL
+    from core.backbones.registry import DEFAULT_MODEL
 
     per_domain = max_per_domain or (20 if ctx.quick else 100)  # 100 = the sidebar's default
     home = Path(tempfile.mkdtemp(prefix="fresh-", dir=ctx.work))

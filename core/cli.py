@@ -14,8 +14,8 @@ import numpy as np
 
 from core.data.builtin import BUILTINS, SPLITS
 from core.data.datasets import DatasetError, load_dataset, verify_images
-from core.backbones.features import ExtractionError, PromptSpec
-from core.backbones.loading import DEFAULT_MODEL, ModelError, list_models
+from core.backbones.registry import DEFAULT_MODEL, ModelError, list_families, list_models
+from core.engine.prompts import ExtractionError, PromptSpec
 
 EXPECTED_ERRORS = (DatasetError, ModelError, ExtractionError, ValueError, FileNotFoundError, PermissionError)
 
@@ -33,9 +33,15 @@ def _parse_timesteps(s: str) -> list[int]:
 def _add_extraction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic-pacs:heldout",
                    help="built-in name (synthetic-pacs[:train|:heldout], rotated-digits), DomainBed folder or CSV")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registered name, diffusers folder, or cached hub id")
-    p.add_argument("--timesteps", type=_parse_timesteps, default=[50], help="e.g. 50 or 50,100,500")
-    p.add_argument("--blocks", default="all", help="all, or e.g. up_blocks.1,mid_block")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="registered name, model folder in its Hub layout, or cached hub id (see `models`)")
+    p.add_argument("--timesteps", type=_parse_timesteps, default=None,
+                   help="e.g. 50 or 50,100,500 (default 50; timestep-taking models only)")
+    p.add_argument("--blocks", default="all", help="all, or layers, e.g. up_blocks.1,mid_block")
+    p.add_argument("--class-label", type=int, default=None,
+                   help="class label for class-conditional models (default: the null class)")
+    p.add_argument("--noise-mode", choices=["noised", "clean"], default="noised",
+                   help="noised: x_t (default); clean: x0 with the timestep embedding, where the model offers it")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prompt", default=None, help="custom text prompt (default: the empty prompt)")
     g.add_argument("--prompt-template", default=None, help='class template, e.g. "a photo of a {class}"')
@@ -55,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="DomainLens: what's in a diffusion latent?")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("datasets", help="list built-in datasets")
-    sub.add_parser("models", help="list registered models and baselines")
+    sub.add_parser("models", help="list model families and registered models")
     v = sub.add_parser("validate", help="check a DomainBed folder or CSV manifest")
     v.add_argument("path")
     v.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster)")
@@ -113,17 +119,44 @@ def _config(args, timestep: int):
     return ExtractionConfig(dataset=args.dataset, model=args.model, timestep=timestep,
                             prompt=PromptSpec.parse(args.prompt, args.prompt_template), seed=args.seed,
                             ensemble=args.ensemble, resolution=args.resolution,
-                            max_per_domain=args.max_per_domain, max_per_class=args.max_per_class)
+                            max_per_domain=args.max_per_domain, max_per_class=args.max_per_class,
+                            class_label=args.class_label, noise_mode=args.noise_mode)
+
+
+def _timesteps(args) -> list[int]:
+    return args.timesteps or [50]
+
+
+def _print_ignored(model, args) -> None:
+    """Say which given options this model does not take (they are ignored, not errors)."""
+    for note in model.ignored_options(timesteps=args.timesteps or (), prompt=bool(args.prompt or args.prompt_template),
+                                      class_label=args.class_label, noise_mode=args.noise_mode):
+        print(f"note: {note}", file=sys.stderr)
+
+
+def cmd_models(args) -> int:
+    print("families (python -m core extract --model <folder> detects the family from the folder):")
+    for f in list_families():
+        print(f"  {f['family']:14s} {f['label']}")
+        print(f"  {'':14s} conditioned on: {f['conditioned_on']}")
+        if f["hub_examples"]:
+            print(f"  {'':14s} e.g. {', '.join(f['hub_examples'])}")
+    print("registered models:")
+    for m in list_models():
+        flag = "available" if m["available"] else "missing"
+        print(f"  {m['name']:20s} {m['family']:10s} [{flag}] {m['description']}")
+    return 0
 
 
 def cmd_extract(args) -> int:
+    from core.backbones.registry import load_backbone
     from core.engine.extract import get_features
-    from core.backbones.loading import load_model
 
     if args.export and not args.export.endswith(".npz"):
         raise ValueError(f"--export must name a .npz file, got {args.export!r}")
-    model = load_model(args.model, args.device, args.dtype)
-    timesteps = args.timesteps if model.uses_timestep else [args.timesteps[0]]
+    model = load_backbone(args.model, args.device, args.dtype)
+    _print_ignored(model, args)
+    timesteps = _timesteps(args) if model.uses_timestep else [_timesteps(args)[0]]
     arrays: dict[str, np.ndarray] = {}
     for t in timesteps:
         update, close = _progress(not args.no_progress, f"t={t}")
@@ -132,7 +165,8 @@ def cmd_extract(args) -> int:
                               progress=update, model=model)
         finally:
             close()
-        print(f"t={t}: {len(fs)} images, {len(fs.features)} blocks, {fs.n_unet_images} computed, "
+        label = f"t={t}" if model.uses_timestep else model.name
+        print(f"{label}: {len(fs)} images, {len(fs.features)} blocks, {fs.n_unet_images} computed, "
               f"{len(fs.skipped)} skipped; cache key {fs.cache_key}")
         for b, f in fs.features.items():
             arrays[f"{b}@{t}" if model.uses_timestep else b] = f.astype(np.float32)
@@ -149,13 +183,14 @@ def cmd_extract(args) -> int:
 def cmd_sweep(args) -> int:
     import pandas as pd
 
-    from core.backbones.loading import load_model
     from core.analysis.sweep import run_sweep
+    from core.backbones.registry import load_backbone
 
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_backbone(args.model, args.device, args.dtype)
+    _print_ignored(model, args)
     update, close = _progress(not args.no_progress, "sweep")
     try:
-        df = run_sweep(_config(args, args.timesteps[0]), args.blocks, args.timesteps, device=args.device,
+        df = run_sweep(_config(args, _timesteps(args)[0]), args.blocks, _timesteps(args), device=args.device,
                        dtype=args.dtype, batch_size=args.batch_size, cache_dir=args.cache_dir,
                        n_seeds=args.n_seeds, progress=update, model=model)
     finally:
@@ -181,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, desc in BUILTINS.items():
                 print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
             return 0
-        if args.command == "models":
-            for m in list_models():
-                flag = "" if m["available"] else "  [missing]"
-                print(f"{m['name']:16s} {m['kind']:9s} {m['description']}{flag}")
-            return 0
-        return {"validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep}[args.command](args)
+        return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep}[args.command](args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 ``make_tiny_sd(folder)`` builds a seeded UNet2DConditionModel + AutoencoderKL + CLIPTextModel +
 CLIPTokenizer + DDIMScheduler from configs and ``save_pretrained``s them as a diffusers folder, which
-then loads through the real loader (:func:`core.backbones.loading.load_model`).
+then loads through the real loader (:func:`core.backbones.registry.load_backbone`).
 """
 
 from __future__ import annotations

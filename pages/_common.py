@@ -29,9 +29,11 @@ from core import figures
 from core.data.builtin import BUILTINS
 from core.data.datasets import DatasetError, load_dataset
 from core.engine.extract import ExtractionConfig
-from core.backbones.features import ExtractionError, PromptSpec
+from core.engine.prompts import ExtractionError, PromptSpec
 from core.analysis.metrics import Scores, kmeans_labels
-from core.backbones.loading import DEFAULT_MODEL, REGISTRY, FeatureModel, ModelError, load_model, resolve_device
+from core.backbones.base import Backbone
+from core.backbones.registry import (DEFAULT_MODEL, FAMILIES, REGISTERED, ModelError, family_by_name, load_backbone,
+                                     resolve_device)
 from core.analysis.reduce import ReductionConfig
 
 # Errors core raises for bad input; anything else is a bug and is allowed to surface.
@@ -165,9 +167,9 @@ def device_label() -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def get_model(name: str, device: str = "auto") -> FeatureModel:
-    """The loaded feature model (one per name and device per server process)."""
-    return load_model(name, device)
+def get_model(name: str, device: str = "auto") -> Backbone:
+    """The loaded backbone (one per name and device per server process)."""
+    return load_backbone(name, device)
 
 
 @st.cache_data(ttl=300, show_spinner="Reading the dataset…", max_entries=32)
@@ -231,9 +233,11 @@ class Settings:
     device: str = "auto"
 
     def extraction(self, timestep: int = DEFAULT_TIMESTEP, prompt: PromptSpec = PromptSpec(),
-                   model: str | None = None) -> ExtractionConfig:
+                   model: str | None = None, class_label: int | None = None,
+                   noise_mode: str = "noised") -> ExtractionConfig:
         return ExtractionConfig(dataset=self.dataset, model=model or self.model, timestep=int(timestep),
-                                prompt=prompt, seed=int(self.seed), max_per_domain=int(self.max_per_domain))
+                                prompt=prompt, seed=int(self.seed), max_per_domain=int(self.max_per_domain),
+                                class_label=class_label, noise_mode=noise_mode)
 
 
 def _builtin_options() -> list[str]:
@@ -249,31 +253,51 @@ def _dataset_label(value: str) -> str:
     return f"{Path(value).name} ({value})"
 
 
+def _installed(name: str) -> bool:
+    reg = REGISTERED[name]
+    return reg.location is None or reg.location.is_dir()
+
+
 def model_choices() -> list[str]:
-    """The default model, the embedded model, the baselines (then "other")."""
-    names = [default_model_name(), DEFAULT_MODEL, "pixels", "domainlens-cnn"]
-    return list(dict.fromkeys(names)) + [OTHER_MODEL]
+    """The default model, then the registered models grouped by family in registry order (installed ones,
+    plus the embedded model always), then "other"."""
+    order = {f.family: i for i, f in enumerate(FAMILIES)}
+    registered = sorted((n for n, r in REGISTERED.items() if n == DEFAULT_MODEL or _installed(n)),
+                        key=lambda n: order.get(REGISTERED[n].family, len(order)))
+    return list(dict.fromkeys([default_model_name(), *registered])) + [OTHER_MODEL]
+
+
+def family_label(family: str) -> str:
+    fam = family_by_name(family)
+    return fam.family_label if fam is not None else family
 
 
 def model_label(name: str) -> str:
-    if name in REGISTRY:
-        kind, loc, _ = REGISTRY[name]
-        missing = kind != "pixels" and not Path(loc).is_dir()
-        tag = {"diffusion": "diffusion", "pixels": "baseline", "cnn": "baseline"}[kind]
-        return f"{name} ({tag}{', not installed' if missing else ''})"
+    """``family · name``, so the picker reads grouped by family."""
+    if name in REGISTERED:
+        reg = REGISTERED[name]
+        return f"{reg.family} · {name}{' (not installed)' if not _installed(name) else ''}"
     if name == OTHER_MODEL:
         return name
     return f"{short_model_name(name)} (folder)" if Path(name).is_dir() else name
 
 
+def contrast_model(model: Backbone, choices: Sequence[str]) -> str:
+    """The first registered choice of another family than ``model`` (Compare's default second side)."""
+    for name in choices:
+        if name in REGISTERED and REGISTERED[name].family != model.family and _installed(name):
+            return name
+    return next((c for c in choices if c != model.name), model.name)
+
+
 def short_model_name(name: str) -> str:
     """A registered name as is; a folder by its last part; a hub id as is."""
     p = Path(name)
-    return p.name if name not in REGISTRY and p.is_dir() else name
+    return p.name if name not in REGISTERED and p.is_dir() else name
 
 
 def explain_model_error(name: str, err: Exception) -> str:
-    if name == DEFAULT_MODEL and not Path(REGISTRY[DEFAULT_MODEL][1]).is_dir():
+    if name == DEFAULT_MODEL and not _installed(DEFAULT_MODEL):
         return (f"The embedded model `{DEFAULT_MODEL}` is not installed yet (expected in "
                 f"`models/{DEFAULT_MODEL}`). Train it with `python -m core.training.train_default --out "
                 f"models/{DEFAULT_MODEL}`, or pick the `pixels` baseline or another model in the sidebar.")
@@ -309,8 +333,8 @@ def sidebar() -> Settings | None:
 
     model_opts = model_choices()
     model = sb.selectbox("Model", model_opts, key="model", format_func=model_label,
-                         help="The embedded diffusion model, the baselines, or any diffusers Stable Diffusion "
-                              "folder / cached Hugging Face hub id.")
+                         help="Registered models grouped by family (family · name), or any supported model "
+                              "folder / cached Hugging Face hub id (`python -m core models` lists the families).")
     if model == OTHER_MODEL:
         model = sb.text_input("Hub id or local folder", key="model_path",
                               placeholder="stabilityai/stable-diffusion-2-1-base or /models/sd21").strip()
@@ -380,7 +404,7 @@ def settings() -> Settings:
     return s
 
 
-def current_model(s: Settings, name: str | None = None, container: Any = st) -> FeatureModel:
+def current_model(s: Settings, name: str | None = None, container: Any = st) -> Backbone:
     """The loaded model (``name`` or the sidebar's); shows an error with what to do and stops if it fails."""
     name = name or s.model
     try:
@@ -406,17 +430,25 @@ def ensure_state(key: str, valid: Callable[[Any], bool], default: Any) -> None:
         st.session_state[key] = default
 
 
-def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[Any] | None = None
-                     ) -> tuple[str, int, PromptSpec]:
-    """Block, timestep and prompt widgets (keys ``{prefix}block``, ``{prefix}timestep``,
-    ``{prefix}prompt_mode``, ``{prefix}prompt_text``) for ``model``."""
+def layer_label(model: Backbone) -> Callable[[str], str]:
+    """Slider labels: each layer, the family's default marked."""
+    return lambda b: f"{b} (default)" if b == model.default_block else b
+
+
+def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] | None = None
+                     ) -> tuple[str, int, PromptSpec, dict]:
+    """Layer, timestep, prompt and class-label widgets (keys ``{prefix}block``, ``{prefix}timestep``,
+    ``{prefix}prompt_mode``, ``{prefix}prompt_text``, ``{prefix}class_label``, ``{prefix}noise_mode``) for what
+    ``model`` declares. Returns ``(layer, timestep, prompt, conditioning)``; ``conditioning`` holds the
+    ``class_label`` and ``noise_mode`` keyword arguments of :meth:`Settings.extraction`."""
     c_block, c_time, c_prompt = columns or (st, st, st)
+    cond = model.conditioning
     key = f"{prefix}block"
     if len(model.blocks) > 1:
         ensure_state(key, lambda v: v in model.blocks, model.default_block)
-        block = c_block.select_slider("UNet block", options=model.blocks, key=key,
-                                      help="Where the feature is read, in UNet order (down → mid → up). The "
-                                           "paper's default is up_blocks.1.")
+        block = c_block.select_slider("Layer", options=model.blocks, key=key, format_func=layer_label(model),
+                                      help=f"Where the feature is read, in execution order. The default for "
+                                           f"{model.family_label or model.family} is {model.default_block}.")
     else:
         block = model.blocks[0]
         c_block.markdown(f"**Feature:** `{block}`")
@@ -426,10 +458,25 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
         key = f"{prefix}timestep"
         ensure_state(key, lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
         timestep = c_time.slider("Timestep", min_value=0, max_value=hi, key=key,
-                                 help="Noise level added before the UNet pass (0 = clean latent). The paper uses "
-                                      "t = 50 of 1000; less noise usually means more domain information.")
+                                 help="Noise level added before the forward pass (0 = clean latent). The paper "
+                                      "uses t = 50 of 1000; less noise usually means more domain information.")
     else:
-        c_time.markdown("**Timestep:** n/a (baseline)")
+        c_time.markdown("**Timestep:** n/a (not a diffusion model)")
+    extra: dict[str, Any] = {"class_label": None, "noise_mode": "noised"}
+    if len(cond.noise_modes) > 1:
+        key = f"{prefix}noise_mode"
+        ensure_state(key, lambda v: v in cond.noise_modes, cond.noise_modes[0])
+        extra["noise_mode"] = c_time.radio("Input", list(cond.noise_modes), key=key, horizontal=True,
+                                           help="noised: x_t at the timestep (the default); clean: the clean "
+                                                "latent with only the timestep embedding.")
+    if model.uses_class_label:
+        key = f"{prefix}class_label"
+        hi = max(cond.num_classes - 1, cond.null_class if cond.null_class is not None else 0)
+        ensure_state(key, lambda v: isinstance(v, int) and 0 <= v <= hi,
+                     cond.null_class if cond.null_class is not None else 0)
+        extra["class_label"] = int(c_prompt.number_input(
+            f"Class label (null class = {cond.null_class})", min_value=0, max_value=hi, step=1, key=key,
+            help="The class the model is conditioned on; the default is the unconditional null class."))
     prompt = PromptSpec()
     if model.uses_prompt:
         key = f"{prefix}prompt_mode"
@@ -444,9 +491,9 @@ def setting_controls(model: FeatureModel, prefix: str = "", columns: Sequence[An
             ensure_state(f"{prefix}prompt_text", lambda v: isinstance(v, str), "a painting")
             text = c_prompt.text_input("Custom prompt", key=f"{prefix}prompt_text")
             prompt = PromptSpec("custom", text)
-    else:
-        c_prompt.markdown("**Prompt:** n/a (no text encoder)")
-    return block, int(timestep), prompt
+    elif not model.uses_class_label:
+        c_prompt.markdown("**Prompt:** n/a (not text-conditioned)")
+    return block, int(timestep), prompt, extra
 
 
 def reduction_controls(seed: int, prefix: str = "", container: Any = st, params_container: Any = None
@@ -610,6 +657,10 @@ def cli_command(config: ExtractionConfig, blocks: Sequence[str], timesteps: Sequ
         parts += ["--ensemble", str(config.ensemble)]
     if config.resolution:
         parts += ["--resolution", str(config.resolution)]
+    if config.class_label is not None:
+        parts += ["--class-label", str(config.class_label)]
+    if config.noise_mode != "noised":
+        parts += ["--noise-mode", config.noise_mode]
     return shlex.join(parts)
 
 

@@ -19,7 +19,7 @@ st.caption("Two feature spaces on the same images, e.g. a diffusion block agains
            "timestep. Layout B is Procrustes-aligned to layout A.")
 
 choices = list(dict.fromkeys([s.model] + [m for m in ui.model_choices() if m != ui.OTHER_MODEL]))
-defaults = {"A": s.model, "B": "pixels" if s.model != "pixels" else ui.default_model_name()}
+defaults = {"A": s.model, "B": ui.contrast_model(ui.current_model(s), choices)}
 ctrl = dict(zip("AB", st.columns(2, gap="large")))
 sides = {}
 for name, col in ctrl.items():
@@ -29,16 +29,16 @@ for name, col in ctrl.items():
         ui.ensure_state(f"{prefix}model", lambda v: v in choices, defaults[name])
         model_name = st.selectbox("Model", choices, key=f"{prefix}model", format_func=ui.model_label)
         model = ui.current_model(s, model_name, container=col)
-        block, timestep, prompt = ui.setting_controls(model, prefix)
-    sides[name] = (model, block, timestep, prompt)
+        block, timestep, prompt, cond = ui.setting_controls(model, prefix)
+    sides[name] = (model, block, timestep, prompt, cond)
 
 c_red, c_par, c_col = st.columns([5, 4, 4], gap="large")
 reduction = ui.reduction_controls(s.seed, prefix="cmp_", container=c_red, params_container=c_par)
 colour = ui.colour_control(prefix="cmp_", container=c_col, clusters=False)
 
 results, configs = {}, {}
-for name, (model, block, timestep, prompt) in sides.items():
-    configs[name] = s.extraction(timestep, prompt, model=model.name)
+for name, (model, block, timestep, prompt, cond) in sides.items():
+    configs[name] = s.extraction(timestep, prompt, model=model.name, **cond)
     results[name] = ui.run_core(explore_view, configs[name], block, reduction, model=model, device=s.device,
                                 dataset=ui.scanned_dataset(configs[name].dataset),
                                 label=f"Setting {name}: extracting features")
@@ -49,7 +49,7 @@ ranges = figures.shared_ranges(ra.embedding, aligned_b)
 figs = {}
 plots = dict(zip("AB", st.columns(2, gap="large")))  # one row: both layouts at the same height
 for name, res, emb in (("A", ra, ra.embedding), ("B", rb, aligned_b)):
-    model, block, timestep, _ = sides[name]
+    model, block, timestep, _, _ = sides[name]
     fs = res.features
     labels, categories = ui.labels_for(fs, colour, block, s.seed)
     title = f"{name}: {ui.short_model_name(model.name)} · {block}" + (f" · t = {timestep}" if model.uses_timestep else "")

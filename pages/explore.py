@@ -17,12 +17,12 @@ st.caption("Each point is an image, placed by the UNet feature of the chosen blo
            "(top right of the chart) and draw to see a group.")
 
 c_block, c_time, c_prompt = st.columns([5, 4, 4], gap="large")
-block, timestep, prompt = ui.setting_controls(model, columns=(c_block, c_time, c_prompt))
+block, timestep, prompt, cond = ui.setting_controls(model, columns=(c_block, c_time, c_prompt))
 c_red, c_par, c_col = st.columns([5, 4, 4], gap="large")
 reduction = ui.reduction_controls(s.seed, container=c_red, params_container=c_par)
 colour = ui.colour_control(container=c_col)
 
-config = s.extraction(timestep, prompt)
+config = s.extraction(timestep, prompt, **cond)
 result = ui.run_core(explore_view, config, block, reduction, model=model, device=s.device,
                      dataset=ui.scanned_dataset(config.dataset))
 fs = result.features

@@ -26,13 +26,13 @@ st.caption("GUIDE-style: k-means (k-means++) on the features of one block, witho
            "domains, and how little with the classes?")
 
 c_block, c_time, c_prompt, c_k = st.columns([5, 4, 4, 2], gap="large")
-block, timestep, prompt = ui.setting_controls(model, prefix="pd_", columns=(c_block, c_time, c_prompt))
+block, timestep, prompt, cond = ui.setting_controls(model, prefix="pd_", columns=(c_block, c_time, c_prompt))
 n_dom = ui.n_domains(s)
 ui.ensure_state("pd_k", lambda v: isinstance(v, int) and 2 <= v <= 100, n_dom)
 k = int(c_k.number_input("Clusters K", min_value=2, max_value=100, step=1, key="pd_k",
                          help="Default: the number of domains. GUIDE used K = classes × {1, 3, 5}."))
 
-config = s.extraction(timestep, prompt)
+config = s.extraction(timestep, prompt, **cond)
 fs = ui.run_core(get_features, config, "all", model=model, device=s.device)
 if len(fs) < k:
     st.error(f"K = {k} clusters but only {len(fs)} images: lower K or raise the images per domain.")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures
-from core.backbones.features import PromptSpec
+from core.engine.prompts import PromptSpec
 from core.analysis.sweep import best_setting, run_sweep
 from pages import _common as ui
 
@@ -33,7 +33,7 @@ if model.uses_timestep:
                [t for t in DEFAULT_TIMESTEPS if t in choices])
     timesteps = c_times.multiselect("Timesteps", choices, key="sweep_timesteps")
 else:
-    c_times.markdown("**Timesteps:** n/a (baseline)")
+    c_times.markdown("**Timesteps:** n/a (not a diffusion model)")
 prompts = [PromptSpec()]
 if model.uses_prompt:
     ui.ensure_state("sweep_prompts", lambda v: bool(v) and all(p in ui.PROMPT_LABELS for p in v), ["empty"])
@@ -49,7 +49,7 @@ if model.uses_prompt:
         else:
             prompts.append(PromptSpec())
 else:
-    c_prompts.markdown("**Prompt:** n/a (no text encoder)")
+    c_prompts.markdown("**Prompt:** n/a (not text-conditioned)")
 
 n_settings = len(timesteps) * len(prompts)
 n_images = s.max_per_domain * ui.n_domains(s)

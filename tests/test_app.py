@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from core.engine.extract import ExtractionConfig
-from core.backbones.features import PromptSpec
+from core.engine.prompts import PromptSpec
 from core.analysis.metrics import Scores
 from core.analysis.reduce import ReductionConfig
 
@@ -55,7 +55,7 @@ def core_explore(model: str, block: str = "up_blocks.1", timestep: int = 50,
                  prompt: PromptSpec = PromptSpec(), method: str = "pca", dataset: str = DATASET, **red):
     """The Explore numbers from core directly (the test's cache: a hit only for the very same config)."""
     from core.analysis.explore import explore_view
-    from core.backbones.loading import load_model
+    from core.backbones.registry import load_backbone as load_model
 
     cfg = ExtractionConfig(dataset=dataset, model=model, timestep=timestep, prompt=prompt, seed=0,
                            max_per_domain=N_PER_DOMAIN)
@@ -141,8 +141,9 @@ def test_explore_metrics_and_chart_match_core(tiny_app, tiny_sd_dir):
     np.testing.assert_allclose(scatter_xy(fig), ref.embedding, rtol=1e-4, atol=1e-5)
     assert fig.layout.title.text.startswith("up_blocks.1 · t = 50")
     # the block slider lists every block in UNet order, the timestep slider the scheduler's range
+    # (the family's default marked)
     assert at.select_slider(key="block").options == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
-                                                     "up_blocks.0", "up_blocks.1", "up_blocks.2"]
+                                                     "up_blocks.0", "up_blocks.1 (default)", "up_blocks.2"]
     assert at.select_slider(key="block").value == "up_blocks.1"
     ts = at.slider(key="timestep")
     assert (ts.min, ts.max, ts.value) == (0, 999, 50)
@@ -236,10 +237,13 @@ def test_pixels_baseline_has_no_timestep_or_prompt(tiny_app):
 
 
 def test_missing_embedded_model_says_how_to_get_it(tiny_app, tmp_path, monkeypatch):
-    import core.backbones.loading
+    import dataclasses
 
-    kind, _, desc = core.backbones.loading.REGISTRY["domainlens-tiny"]
-    monkeypatch.setitem(core.backbones.loading.REGISTRY, "domainlens-tiny", (kind, str(tmp_path / "not-trained"), desc))
+    import core.backbones.registry
+
+    reg = core.backbones.registry.REGISTERED["domainlens-tiny"]
+    monkeypatch.setitem(core.backbones.registry.REGISTERED, "domainlens-tiny",
+                        dataclasses.replace(reg, location=tmp_path / "not-trained"))
     monkeypatch.delenv("DOMAINLENS_DEFAULT_MODEL")
     at = tiny_app.run()
     assert not at.exception
@@ -323,7 +327,7 @@ def test_dataset_inside_the_roots_is_found_and_explored(tiny_app, tmp_path, monk
 
 
 def test_sweep_page_matches_core_sweep(tiny_app, tiny_sd_dir):
-    from core.backbones.loading import load_model
+    from core.backbones.registry import load_backbone as load_model
     from core.analysis.sweep import run_sweep
 
     at = tiny_app.run()

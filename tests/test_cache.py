@@ -19,9 +19,10 @@ from PIL import Image
 import core.analysis.sweep
 from core.engine.cache import FeatureCache, atomic_save_npz, safe_load_npz
 from core.engine.extract import ExtractionConfig, cache_key, get_features, select_images
-from core.backbones.features import PromptSpec
+from core.engine.prompts import PromptSpec
 from core.testing import make_domainbed
-from core.backbones.loading import folder_identity, load_model
+from core.backbones.registry import folder_identity
+from core.backbones.registry import load_backbone as load_model
 from core.analysis.sweep import run_sweep
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from core.cli import main
 from core.engine.extract import ExtractionConfig, get_features
 from core.testing import make_domainbed
-from core.backbones.loading import load_model
+from core.backbones.registry import load_backbone as load_model
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["block", "timestep", "prompt", "domain_nmi", "domain_nmi_std", "class_nmi", "class_nmi_std",
@@ -221,7 +221,7 @@ def test_module_entry_point_sweep(tiny_sd_dir, tmp_path):
 
 
 def test_core_never_imports_streamlit():
-    code = ("import core.cli, core.engine.extract, core.analysis.sweep, core.analysis.reduce, core.analysis.metrics, core.backbones.loading, core.backbones.features, "
+    code = ("import core.cli, core.engine.extract, core.analysis.sweep, core.analysis.reduce, core.analysis.metrics, core.backbones.registry, core.backbones.sd_unet, core.backbones.baselines, core.engine.prompts, "
             "core.engine.cache, core.data.datasets, core.data.builtin, core.testing; import sys; "
             "assert 'streamlit' not in sys.modules, 'core imported streamlit'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,

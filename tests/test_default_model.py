@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
-import core.backbones.loading
+import core.backbones.registry
 from core.engine.extract import ExtractionConfig
 from core.training.model_card import CARD_DATASETS, CARD_TIMESTEPS, card_config, csv_path
-from core.backbones.loading import DEFAULT_MODEL, MODELS_DIR, load_model
+from core.backbones.registry import DEFAULT_MODEL, MODELS_DIR
+from core.backbones.registry import load_backbone as load_model
 from core.analysis.sweep import run_sweep
 from core.training.train_default import HELDOUT_SETS, ImageSet, denoising_loss, load_images, vae_recon_mse
 
@@ -49,8 +50,8 @@ def _sizes(folder: Path) -> dict[str, int]:
 
 def test_default_is_the_shipped_sd_folder_within_25_mb():
     assert DEFAULT_MODEL == "domainlens-tiny"
-    kind, loc, _ = core.backbones.loading.REGISTRY[DEFAULT_MODEL]
-    assert kind == "diffusion" and Path(loc) == TINY
+    reg = core.backbones.registry.REGISTERED[DEFAULT_MODEL]
+    assert reg.family == "sd-unet" and Path(reg.location) == TINY
     files = _sizes(TINY)
     for part in ("vae", "unet", "text_encoder"):
         assert f"{part}/diffusion_pytorch_model.safetensors" in files or f"{part}/model.safetensors" in files, part
@@ -167,7 +168,7 @@ def test_cli_sweep_uses_the_shipped_model_without_model_flag(tmp_path):
 
 def test_cnn_baseline_classifies_heldout_images(heldout):
     """The shipped discriminative baseline really is a classifier: held-out accuracy of its own head."""
-    from core.training.train_baseline import load_baseline_cnn
+    from core.backbones.baselines import load_baseline_cnn
 
     net = load_baseline_cnn(CNN).eval()
     classes = json.loads((CNN / "config.json").read_text())["classes"]

@@ -1,4 +1,5 @@
-"""Tests for feature extraction: core/features.py, core/models.py and the extraction path of core/engine.py.
+"""Tests for feature extraction: the SD backbone (core/backbones/sd_unet.py), loading (registry.py) and the
+extraction path of the engine (core/engine/extract.py).
 
 Everything runs on the CPU with the tiny random SD-format model of ``core.testing.make_tiny_sd`` (64 px,
 7 blocks), loaded through the real loader. The recipe itself is checked against a plain
@@ -15,18 +16,11 @@ from PIL import Image
 import core.engine.extract
 from core.data.datasets import load_dataset, load_rgb
 from core.engine.extract import ExtractionConfig, get_features
-from core.backbones.features import (
-    ExtractionError,
-    PromptEncoder,
-    PromptSpec,
-    capture_blocks,
-    extract_batch,
-    image_seed,
-    preprocess,
-    run_batches,
-    unet_block_features,
-)
-from core.backbones.loading import ModelError, load_model
+from core.backbones.base import ExtractionError, ModelError, Request, image_seed
+from core.backbones.base import center_crop as preprocess
+from core.backbones.registry import load_backbone as load_model
+from core.engine.extract import MICRO_BATCH, run_batches
+from core.engine.prompts import PromptSpec
 from core.testing import make_domainbed
 
 TINY_BLOCKS = ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
@@ -35,6 +29,21 @@ RESOLUTION = 64  # the tiny model's image size (8x8x4 latents)
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def unet_block_features(model, x0, ids, timestep, prompts, blocks, seed=0, ensemble=1, early_exit=True):
+    """One forward per noise draw through the backbone seam: ``{block: (B, C) tensor}``."""
+    return model.forward_features(x0, ids, blocks, Request(timestep=timestep, prompts=tuple(prompts), seed=seed,
+                                                           ensemble=ensemble), early_exit=early_exit)
+
+
+def extract_batch(model, pixels, ids, prompts, blocks, timestep, seed=0):
+    out = unet_block_features(model, model.encode(pixels), ids, timestep, prompts, blocks, seed)
+    return {b: v.numpy() for b, v in out.items()}
+
+
+def embed(model, prompts):
+    return model.encode_prompts(prompts)["encoder_hidden_states"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -194,9 +203,14 @@ def test_all_blocks_in_one_pass_equal_one_block_per_pass(model, tiny_sd_dir, tmp
         together = get_features(c, "all", model=model, cache_dir=str(tmp_path / "all"))
     finally:
         counter.remove()
-    assert counter.calls[0] == 1  # 32 images, batch 32: one UNet pass for all 7 blocks
+    assert counter.calls[0] == 32 // MICRO_BATCH  # one UNet pass per micro-batch for all 7 blocks together
     for b in TINY_BLOCKS:
-        alone = get_features(c, [b], model=model, cache_dir=str(tmp_path / b))
+        counter = CallCounter(model.unet)
+        try:
+            alone = get_features(c, [b], model=model, cache_dir=str(tmp_path / b))
+        finally:
+            counter.remove()
+        assert counter.calls[0] == 32 // MICRO_BATCH
         assert list(alone.features) == [b]
         np.testing.assert_array_equal(together.features[b], alone.features[b])
 
@@ -208,11 +222,9 @@ def test_early_exit_equals_full_forward(model, tiny_sd_dir):
     ds = load_dataset("synthetic-pacs")
     recs = ds.subsample(2, None, 0)
     pixels = torch.stack([preprocess(load_rgb(r.path), RESOLUTION) for r in recs])
-    cond = PromptEncoder(model)([""] * len(recs))
+    cond = [""] * len(recs)
     ids = [r.id for r in recs]
-    from core.backbones.features import encode_latents
-
-    x0 = encode_latents(model, pixels)
+    x0 = model.encode(pixels)
     for blocks in (["down_blocks.0"], ["down_blocks.1", "mid_block"], ["up_blocks.1"], TINY_BLOCKS):
         fast = unet_block_features(model, x0, ids, 50, cond, blocks, early_exit=True)
         full = unet_block_features(model, x0, ids, 50, cond, blocks, early_exit=False)
@@ -225,7 +237,7 @@ def test_early_exit_equals_full_forward(model, tiny_sd_dir):
 def test_early_exit_really_stops(model, early_exit, expect_later):
     unet = model.unet
     x0 = torch.randn(2, 4, 8, 8)
-    cond = PromptEncoder(model)(["", ""])
+    cond = ["", ""]
     counter = CallCounter(unet, unet.down_blocks[0], unet.down_blocks[1], unet.mid_block, unet.up_blocks[2],
                           unet.conv_out)
     try:
@@ -243,7 +255,7 @@ def test_hooks_removed_after_success_and_after_exception(model):
     unet = model.unet
     assert hooks_everywhere(unet) == 0
     x0 = torch.randn(1, 4, 8, 8)
-    cond = PromptEncoder(model)([""])
+    cond = [""]
     unet_block_features(model, x0, ["a"], 10, cond, ["down_blocks.1", "up_blocks.1"])
     assert hooks_everywhere(unet) == 0
     unet_block_features(model, x0, ["a"], 10, cond, TINY_BLOCKS, early_exit=False)
@@ -263,18 +275,18 @@ def test_hooks_removed_after_success_and_after_exception(model):
 
     # an error in the body of the context manager
     with pytest.raises(KeyError):
-        with capture_blocks(unet, ["down_blocks.0", "up_blocks.2"], model.blocks):
+        with model.hooks(["down_blocks.0", "up_blocks.2"]):
             assert hooks_everywhere(unet) == 2
             raise KeyError("body")
     assert hooks_everywhere(unet) == 0
 
     # an unknown block registers nothing
-    with pytest.raises(ExtractionError, match="unknown block"):
-        with capture_blocks(unet, ["down_blocks.0", "up_blocks.7"], model.blocks):
+    with pytest.raises(ExtractionError, match=r"unknown layer\(s\) \['up_blocks.7'\].*valid layers: down_blocks.0"):
+        with model.hooks(["down_blocks.0", "up_blocks.7"]):
             pass
     assert hooks_everywhere(unet) == 0
     # the UNet still runs normally afterwards
-    assert unet(x0, 10, encoder_hidden_states=cond).sample.shape == (1, 4, 8, 8)
+    assert unet(x0, 10, encoder_hidden_states=embed(model, cond)).sample.shape == (1, 4, 8, 8)
 
 
 # --------------------------------------------------------------------------------- determinism
@@ -291,8 +303,8 @@ def test_features_same_across_batch_sizes_and_runs(model, tiny_sd_dir, tmp_path,
         np.testing.assert_array_equal(again.features[b], ref.features[b])  # same run twice: bit-identical
         for bs in (1, 3):
             assert runs[bs].ids == ref.ids
-            # different batch shapes may take different CPU kernels: equal to float rounding
-            np.testing.assert_allclose(runs[bs].features[b], ref.features[b], rtol=0, atol=1e-5)
+            # the engine runs fixed micro-batches on the CPU: bit-identical whatever the batch size
+            np.testing.assert_array_equal(runs[bs].features[b], ref.features[b])
     assert len({fs.cache_key for fs in runs.values()}) == 1  # batch size is not part of the key
 
 
@@ -365,21 +377,14 @@ def test_preprocess_resizes_short_side_and_center_crops(small_ds):
 
 
 def test_class_template_encodes_each_prompt_once(model, tiny_sd_dir, monkeypatch, plain, small_ds):
-    encoders = []
-
-    class SpyEncoder(PromptEncoder):
-        def __init__(self, m):
-            super().__init__(m)
-            encoders.append(self)
-
-    monkeypatch.setattr(core.engine.extract, "PromptEncoder", SpyEncoder)
+    model._prompt_memo.clear()
+    n0 = model.n_prompts_encoded
     spec = PromptSpec.parse(template="a photo of a {class}")
     assert spec.for_class("cat") == "a photo of a cat"
     assert spec.for_class("big_dog") == "a photo of a big dog"
     fs = get_features(cfg(tiny_sd_dir, prompt=spec), ["up_blocks.1"], model=model, batch_size=4)  # 8 batches
-    assert len(encoders) == 1
     assert len(fs.class_names) == 6 and set(fs.classes) == set(fs.class_names)
-    assert encoders[0].n_encoded == 6  # one per distinct prompt (= class), not per batch or image
+    assert model.n_prompts_encoded - n0 == 6  # one per distinct prompt (= class), not per batch or image
     empty = get_features(cfg(tiny_sd_dir), ["up_blocks.1"], model=model, batch_size=32)
     assert empty.ids == fs.ids
     diff = np.abs(empty.features["up_blocks.1"] - fs.features["up_blocks.1"]).max(axis=1)
@@ -394,15 +399,16 @@ def test_class_template_encodes_each_prompt_once(model, tiny_sd_dir, monkeypatch
 
 
 def test_prompt_encoder_memoises(model):
-    enc = PromptEncoder(model)
+    model._prompt_memo.clear()
+    n0 = model.n_prompts_encoded
     calls = []
     h = model.text_encoder.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
-        e1 = enc(["", "a cat", "", "a cat", "a dog"])
-        e2 = enc(["a dog", ""])
+        e1 = embed(model, ["", "a cat", "", "a cat", "a dog"])
+        e2 = embed(model, ["a dog", ""])
     finally:
         h.remove()
-    assert enc.n_encoded == 3 and len(calls) == 1
+    assert model.n_prompts_encoded - n0 == 3 and len(calls) == 3  # each distinct prompt once, alone
     assert e1.shape == (5, model.tokenizer.model_max_length, 32)
     torch.testing.assert_close(e1[0], e1[2])
     torch.testing.assert_close(e2[0], e1[4])
@@ -478,8 +484,7 @@ def test_extraction_errors(model, tiny_sd_dir):
     with pytest.raises(ExtractionError, match="`ensemble` must be >= 1, got 0"):
         ExtractionConfig(ensemble=0)
     with pytest.raises(ExtractionError, match="`ensemble` must be >= 1, got 0"):
-        unet_block_features(model, torch.zeros(1, 4, 8, 8), ["a"], 50, PromptEncoder(model)([""]),
-                            ["mid_block"], ensemble=0)
+        unet_block_features(model, torch.zeros(1, 4, 8, 8), ["a"], 50, [""], ["mid_block"], ensemble=0)
     with pytest.raises(ExtractionError, match="pooling must be 'mean'"):
         ExtractionConfig(pooling="max")
     with pytest.raises(ExtractionError, match="`resolution` must be >= 8"):
@@ -490,18 +495,19 @@ def test_model_errors(tiny_sd_dir, tiny_sd_copy, tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="Unknown model 'no-such-model'"):
         load_model("no-such-model", "cpu")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="has no unet/ subfolder"):
+    with pytest.raises(ModelError, match=r"is not a supported model folder \(found: no model_index.json.*"
+                                         r"Supported families: sd-unet"):
         load_model(str(tmp_path / "empty"), "cpu")
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(ModelError, match="is a file"):
         load_model(str(tmp_path / "file.bin"), "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match=r"not in the local Hugging Face cache.*huggingface-cli download "
-                                         r"domainlens-test/not-cached-xyz.*local folder"):
+    with pytest.raises(ModelError, match=r"not in the local Hugging Face cache.*`hf download "
+                                         r"domainlens-test/not-cached-xyz --local-dir DIR`.*local folder"):
         load_model("domainlens-test/not-cached-xyz", "cpu")
     st = tiny_sd_copy / "unet" / "diffusion_pytorch_model.safetensors"
     st.rename(st.with_suffix(".bin"))
-    with pytest.raises(ModelError, match=r"holds only pickle weights \(\.bin\).*safetensors only"):
+    with pytest.raises(ModelError, match=r"holds only pickle weights \(diffusion_pytorch_model\.bin\).*safetensors only"):
         load_model(str(tiny_sd_copy), "cpu")
     with pytest.raises(ModelError, match="Unknown dtype 'float8'"):
         load_model(str(tiny_sd_dir), "cpu", "float8")
@@ -632,5 +638,5 @@ def test_models_without_text_encoder_or_vae(partial_models, kind):
         get_features(ExtractionConfig(model=str(folder), max_per_domain=4, prompt=PromptSpec.parse("a cat")),
                      model=m)
     with pytest.raises(ExtractionError, match="no text encoder; only the empty prompt works"):
-        PromptEncoder(m)(["", "a cat"])
-    assert PromptEncoder(m)([""]).shape == (1, 1, 32)
+        embed(m, ["", "a cat"])
+    assert embed(m, [""]).shape == (1, 1, 32)

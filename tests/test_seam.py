@@ -7,7 +7,9 @@ import dataclasses
 
 import pytest
 
+from core.backbones.registry import load_backbone
 from core.engine.extract import ExtractionConfig, cache_key, select_images
+from core.engine.prompts import PromptSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,18 +31,10 @@ PINNED = [
 
 
 def _load(name):
-    try:
-        from core.backbones.registry import load_backbone
-    except ImportError:  # pre-seam code
-        from core.backbones.loading import load_model as load_backbone
     return load_backbone(name, "cpu")
 
 
 def _prompt_spec(mode, text):
-    try:
-        from core.engine.prompts import PromptSpec
-    except ImportError:  # pre-seam code
-        from core.backbones.features import PromptSpec
     return PromptSpec(mode, text)
 
 

@@ -11,7 +11,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 pytest.importorskip("diffusers")
 
 from core.training import train_default as td  # noqa: E402
-from core.training.train_baseline import cnn_features, load_baseline_cnn, train_baseline  # noqa: E402
+from core.backbones.baselines import cnn_features, load_baseline_cnn  # noqa: E402
+from core.training.train_baseline import train_baseline  # noqa: E402
 
 WEIGHT_FILES = ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                 "text_encoder/model.safetensors")

@@ -14,7 +14,7 @@ from core.engine.cache import FeatureCache
 from core.data.datasets import Dataset
 from core.engine.extract import ExtractionConfig, FeatureSet, get_features
 from core.analysis.metrics import Scores
-from core.backbones.loading import FeatureModel
+from core.backbones.base import Backbone
 from core.analysis.reduce import ReductionConfig, cached_reduce
 from core.analysis.sweep import cached_scores
 
@@ -33,7 +33,7 @@ def explore_view(
     reduction: ReductionConfig = ReductionConfig(),
     *,
     all_blocks: bool = True,
-    model: FeatureModel | None = None,
+    model: Backbone | None = None,
     device: str = "auto",
     batch_size: int = 32,
     cache_dir: str | None = None,

@@ -15,9 +15,10 @@ import pandas as pd
 
 from core.engine.cache import FeatureCache, stable_hash
 from core.engine.extract import ExtractionConfig, FeatureSet, get_features
-from core.backbones.features import PromptSpec
+from core.engine.prompts import PromptSpec
 from core.analysis.metrics import Scores, score_features
-from core.backbones.loading import FeatureModel, load_model
+from core.backbones.base import Backbone
+from core.backbones.registry import load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +53,14 @@ def run_sweep(
     n_seeds: int = 5,
     probe: bool = True,
     progress: Callable[[int, int], None] | None = None,
-    model: FeatureModel | None = None,
+    model: Backbone | None = None,
     on_features: Callable[[ExtractionConfig, FeatureSet], None] | None = None,
 ) -> pd.DataFrame:
     """One row per (block, timestep, prompt) with the columns in :data:`COLUMNS` (plus silhouette).
 
     Models without a timestep (baselines) give one row per block with an empty timestep.
     """
-    model = model or load_model(base.model, device, dtype)
+    model = model or load_backbone(base.model, device, dtype)
     prompts = list(prompts) if prompts else [base.prompt]
     if not timesteps:
         raise ValueError("give at least one timestep")

@@ -265,6 +265,49 @@ class Backbone(ABC):
             raise ExtractionError(f"`timestep` must be in [0, {n - 1}] for this scheduler, got {timestep}")
         return int(timestep)
 
+    def key_dtype(self) -> str:
+        """The compute dtype as it enters the cache key."""
+        return str(self.dtype)
+
+    def check_request(self, request: Request) -> None:
+        """Raise :class:`ExtractionError` for conditioning this backbone declares but cannot take as given
+        (the engine calls it before any work, cached or not). Options it does not declare are ignored, not
+        errors: see :meth:`ignored_options`."""
+        c = self.conditioning
+        if c.timestep:
+            self.check_timestep(request.timestep)
+        if c.class_label and request.class_label is not None:
+            lab = request.class_label
+            if isinstance(lab, bool) or int(lab) != lab or not (0 <= int(lab) < c.num_classes
+                                                                 or int(lab) == c.null_class):
+                raise ExtractionError(f"`class_label` must be an integer in [0, {c.num_classes - 1}] or the null "
+                                      f"class {c.null_class} for {self.name!r}, got {lab!r}")
+        if request.noise_mode not in c.noise_modes:
+            if len(c.noise_modes) > 1:
+                raise ExtractionError(f"`noise_mode` must be one of {', '.join(c.noise_modes)} for {self.name!r}, "
+                                      f"got {request.noise_mode!r}")
+        if request.ensemble < 1:
+            raise ExtractionError(f"`ensemble` must be >= 1, got {request.ensemble}")
+
+    def ignored_options(self, *, timesteps: Sequence[int] = (), prompt: bool = False,
+                        class_label: int | None = None, noise_mode: str = "noised") -> list[str]:
+        """Human notes for options the user gave (``timesteps``: only when given explicitly) that this backbone
+        does not declare and therefore ignores."""
+        c = self.conditioning
+        who = f"{self.name!r} ({self.family_label or self.family})"
+        notes = []
+        if not c.timestep and timesteps:
+            notes.append(f"the timestep{'s' if len(set(timesteps)) > 1 else ''} {', '.join(map(str, timesteps))} "
+                         f"{'are' if len(set(timesteps)) > 1 else 'is'} ignored: {who} takes no timestep, so one "
+                         "extraction serves all")
+        if prompt and not c.prompt:
+            notes.append(f"the prompt is ignored: {who} is not conditioned on text")
+        if class_label is not None and not c.class_label:
+            notes.append(f"the class label is ignored: {who} is not class-conditional")
+        if noise_mode != "noised" and noise_mode not in c.noise_modes:
+            notes.append(f"noise mode {noise_mode!r} is ignored: {who} offers only {', '.join(c.noise_modes)}")
+        return notes
+
     def describe(self) -> str:
         """One line for listings: family, layers, default layer, conditioning."""
         return (f"{self.family_label or self.family}: {len(self.layers)} layers, default {self.default_layer}; "

@@ -33,6 +33,9 @@ class PixelsBackbone(Backbone):
     conditioned_on: ClassVar[str] = "nothing (image only)"
     GRID: ClassVar[int] = 16
 
+    def key_dtype(self) -> str:
+        return "float32"  # always computed in fp32 (and the cache keys written before the seam say so)
+
     @classmethod
     def detect(cls, folder: Path) -> bool:
         return False  # built in, never a folder
@@ -114,6 +117,9 @@ class CNNBackbone(Backbone):
     conditioned_on: ClassVar[str] = "nothing (image only)"
 
     net: Any = None
+
+    def key_dtype(self) -> str:
+        return "float32"  # always computed in fp32 (and the cache keys written before the seam say so)
 
     @classmethod
     def detect(cls, folder: Path) -> bool:

@@ -154,6 +154,27 @@ class SDUNet(Backbone):
             unet=unet, scheduler=scheduler, vae=vae, **text,
         )
 
+    @classmethod
+    def from_components(cls, name: str, identity: str, unet: Any, scheduler: Any, *, vae: Any = None,
+                        text_encoder: Any = None, tokenizer: Any = None, resolution: int | None = None,
+                        device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
+                        layers: Sequence[str] | None = None) -> "SDUNet":
+        """A backbone around components built in memory (benchmarks, tests); ``identity`` must name them
+        uniquely (it enters cache keys). ``unet`` may be None with explicit ``layers`` (a shell whose features
+        come from the cache)."""
+        layers = list(layers) if layers is not None else unet_block_names(unet)
+        if resolution is None:
+            sample = unet.config.sample_size
+            sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+            resolution = int(sample) * (2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1)
+        return cls(name=name, identity=identity, device=device, dtype=dtype, resolution=int(resolution),
+                   layers=layers, default_layer=cls.default_layer_name if cls.default_layer_name in layers
+                   else layers[-1],
+                   conditioning=Conditioning(timestep=True, prompt=text_encoder is not None,
+                                             num_train_timesteps=int(scheduler.config.num_train_timesteps)),
+                   root=unet, unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                   tokenizer=tokenizer)
+
     @staticmethod
     def place(modules: Sequence[Any], vae: Any, device: torch.device, dtype: torch.dtype) -> torch.dtype:
         """Eval mode, no grads, on ``device`` in ``dtype``; the VAE stays fp32 when ``dtype`` is fp16 (SD VAEs
@@ -208,6 +229,14 @@ class SDUNet(Backbone):
             if p and self.text_encoder is None:
                 raise ExtractionError(f"model {self.name!r} has no text encoder; only the empty prompt works")
         return {"encoder_hidden_states": torch.stack([self.prompt_embedding(p) for p in prompts])}
+
+    def check_request(self, request: Request) -> None:
+        super().check_request(request)
+        if self.text_encoder is None and any(request.prompts):
+            raise ExtractionError(f"model {self.name!r} has no text encoder; use the empty prompt")
+
+    def ignored_options(self, *, prompt: bool = False, **kw) -> list[str]:
+        return super().ignored_options(prompt=prompt and self.text_encoder is not None, **kw)  # else: an error
 
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t from clean x0 and noise (float32): the scheduler's forward process."""

@@ -1,6 +1,13 @@
 """The engine: one config -> cached features for a dataset, model, timestep and prompt.
 
-The CLI and the dashboard pages both call :func:`get_features` with an :class:`ExtractionConfig`.
+The CLI and the dashboard pages both call :func:`get_features` with an :class:`ExtractionConfig`. The engine
+talks to models only through the backbone seam (:class:`core.backbones.base.Backbone`): ``preprocess``,
+``encode`` (memoised), ``forward_features`` and ``key_conditioning``; it never names a family.
+
+Batch size never changes a number: on the CPU the model always runs on micro-batches of
+:data:`MICRO_BATCH` images at fixed positions of the cache chunk (the last one padded), so the kernels see
+the same shapes whatever ``batch_size`` the user picked; on a GPU the batch size is the micro-batch (GPU
+kernels are not bit-reproducible across shapes anyway; features agree to float rounding).
 """
 
 from __future__ import annotations
@@ -15,15 +22,18 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from core.engine.cache import CACHE_VERSION, FeatureCache, stable_hash
+from core.backbones.base import Backbone, Request
+from core.backbones.registry import DEFAULT_MODEL, load_backbone
 from core.data.datasets import Dataset, ImageRecord, UnreadableImage, load_dataset, load_rgb
-from core.backbones.features import (ExtractionError, PromptEncoder, PromptSpec, encode_latents, extract_batch, preprocess,
-                           run_batches, unet_block_features, validate_timestep)
-from core.backbones.loading import DEFAULT_MODEL, FeatureModel, load_model
+from core.engine.cache import CACHE_VERSION, FeatureCache, stable_hash
+from core.engine.prompts import ExtractionError, PromptSpec
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
+
+MICRO_BATCH = 8  # images per model call on the CPU, whatever the batch size (see the module docstring)
+NOISE_MODES = ("noised", "clean")
 
 
 @dataclass(frozen=True)
@@ -40,8 +50,12 @@ class ExtractionConfig:
     max_per_domain: int | None = None
     max_per_class: int | None = None
     pooling: str = "mean"
+    class_label: int | None = None  # class-conditional backbones only; None: the null class
+    noise_mode: str = "noised"  # "noised" (x_t) or "clean" (x0 with the timestep embedding), where declared
 
     def __post_init__(self):
+        if self.noise_mode not in NOISE_MODES:
+            raise ExtractionError(f"`noise_mode` must be noised or clean, got {self.noise_mode!r}")
         if self.pooling != "mean":
             raise ExtractionError(f"pooling must be 'mean' (the paper's spatial mean), got {self.pooling!r}")
         if self.ensemble < 1:
@@ -96,27 +110,30 @@ def select_images(config: ExtractionConfig, dataset: Dataset | None = None) -> t
     return ds, ds.subsample(config.max_per_domain, config.max_per_class, config.seed)
 
 
-def cache_key(config: ExtractionConfig, model: FeatureModel, dataset: Dataset, records: Sequence[ImageRecord]) -> str:
-    diffusion = model.kind == "diffusion"
+def request_of(config: ExtractionConfig, prompts: Sequence[str] = ()) -> Request:
+    return Request(timestep=config.timestep, prompts=tuple(prompts), class_label=config.class_label,
+                   seed=config.seed, ensemble=config.ensemble, noise_mode=config.noise_mode)
+
+
+def cache_key(config: ExtractionConfig, model: Backbone, dataset: Dataset, records: Sequence[ImageRecord]) -> str:
+    """Everything that changes the numbers; the conditioning part holds exactly what the backbone declares."""
     return stable_hash({
         "v": CACHE_VERSION,
         "model": model.identity,
-        "dtype": str(model.dtype) if diffusion else "float32",
+        "dtype": model.key_dtype(),
         "dataset": dataset.fingerprint,
         "selection": stable_hash([r.id for r in records], 32),
         "resolution": config.resolution or model.resolution,
-        "timestep": config.timestep if diffusion else None,
-        "prompt": [config.prompt.mode, config.prompt.text] if model.uses_prompt else None,
-        "seed": config.seed if diffusion else None,
-        "ensemble": config.ensemble if diffusion else 1,
+        **model.key_conditioning(config.timestep, (config.prompt.mode, config.prompt.text), config.class_label,
+                                 config.seed, config.ensemble, config.noise_mode),
         "pooling": config.pooling,
     }, 32)
 
 
-def _load_pixels(records: Sequence[ImageRecord], resolution: int, pool: ThreadPoolExecutor):
+def _load_pixels(model: Backbone, records: Sequence[ImageRecord], resolution: int, pool: ThreadPoolExecutor):
     def one(r):
         try:
-            return preprocess(load_rgb(r.path), resolution), None
+            return model.preprocess(load_rgb(r.path), resolution), None
         except UnreadableImage as e:
             return None, str(e)
 
@@ -132,7 +149,7 @@ def get_features(
     batch_size: int = 32,
     cache_dir: str | None = None,
     progress: ProgressFn | None = None,
-    model: FeatureModel | None = None,
+    model: Backbone | None = None,
     dataset: Dataset | None = None,
 ) -> FeatureSet:
     """Features for ``blocks`` (a list, ``"all"`` or None = all) from the cache, computing what is missing.
@@ -142,7 +159,7 @@ def get_features(
     """
     if batch_size < 1:
         raise ExtractionError(f"`batch_size` must be >= 1, got {batch_size}")
-    model = model or load_model(config.model, device, dtype)
+    model = model or load_backbone(config.model, device, dtype)
     if blocks is None or blocks == "all":
         blocks = list(model.blocks)
     elif isinstance(blocks, str):
@@ -153,17 +170,13 @@ def get_features(
     if not blocks:
         raise ExtractionError(f"no block given; pass 'all' or some of {model.blocks}")
     blocks = sorted(blocks, key=model.blocks.index)
-    if model.uses_timestep:
-        validate_timestep(model, config.timestep)
-    if config.prompt.mode != "empty" and not model.uses_prompt and model.kind == "diffusion":
-        raise ExtractionError(f"model {config.model!r} has no text encoder; use the empty prompt")
+    model.check_request(request_of(config, [config.prompt.for_class("x")]))
     ds, records = select_images(config, dataset)
     key = cache_key(config, model, ds, records)
     cache = FeatureCache(cache_dir)
     cache.write_meta(key, {"config": config.to_dict(), "model_identity": model.identity,
                            "dataset_fingerprint": ds.fingerprint, "n_images": len(records)})
     resolution = config.resolution or model.resolution
-    encoder = PromptEncoder(model) if model.kind == "diffusion" else None
     n_chunks = (len(records) + cache.CHUNK - 1) // cache.CHUNK
     done = 0
     total = len(records)
@@ -175,7 +188,7 @@ def get_features(
             ids = [r.id for r in recs]
             arrays = cache.load_chunk(key, ci, ids, blocks)
             if arrays is None:
-                arrays = _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder, pool,
+                arrays = _compute_chunk(model, config, recs, blocks, resolution, batch_size, pool,
                                         lambda k: progress(done + k, total) if progress else None,
                                         ds.fingerprint)
                 # keep blocks an earlier call stored for this chunk if they are still valid
@@ -226,15 +239,34 @@ class _LatentMemo:
 LATENT_MEMO = _LatentMemo(int(os.environ.get("DOMAINLENS_LATENT_MEMO_MB", "1024")) << 20)
 
 
-def _chunk_inputs(model, recs, resolution, batch_size, pool, fingerprint):
-    """(readable records, skipped (id, reason), model inputs): clean latents x0 for diffusion models
-    (memoised), pixels in [-1, 1] for baselines."""
+def micro_batch_size(model: Backbone, batch_size: int) -> int:
+    """Images per model call: fixed on the CPU (bit-identical features whatever the batch size), the batch
+    size elsewhere."""
+    return MICRO_BATCH if model.device.type == "cpu" else batch_size
+
+
+def run_fixed_batches(fn: Callable[[list[int]], dict[str, np.ndarray]], n: int, size: int,
+                      progress: Callable[[int], None] | None = None, concat: Callable = np.concatenate
+                      ) -> dict[str, np.ndarray]:
+    """Call ``fn(indices)`` on consecutive runs of ``size`` items, the last run padded to ``size`` with its
+    last index repeated (so every call has the same shape); returns the real rows only, concatenated. A CUDA
+    out-of-memory halves ``size`` (see :func:`run_batches`)."""
+    def one(sl: slice, current: int):
+        idx = list(range(sl.start, sl.stop))
+        real = len(idx)
+        idx += [idx[-1]] * (current - real)
+        return {k: v[:real] for k, v in fn(idx).items()}
+
+    return run_batches(one, n, size, progress=progress, concat=concat, with_size=True)
+
+
+def _chunk_inputs(model: Backbone, recs, resolution, batch_size, pool, fingerprint):
+    """(readable records, skipped (id, reason), clean encodings x0 (memoised) on the CPU)."""
     memo_key = stable_hash([model.identity, str(model.dtype), resolution, fingerprint, [r.id for r in recs]])
-    if model.kind == "diffusion":
-        hit = LATENT_MEMO.get(memo_key)
-        if hit is not None:
-            return hit
-    loaded = _load_pixels(recs, resolution, pool)
+    hit = LATENT_MEMO.get(memo_key)
+    if hit is not None:
+        return hit
+    loaded = _load_pixels(model, recs, resolution, pool)
     ok = [r for r, (x, _) in zip(recs, loaded) if x is not None]
     skipped = [(r.id, err) for r, (x, err) in zip(recs, loaded) if x is None]
     for rid, why in skipped:
@@ -242,15 +274,13 @@ def _chunk_inputs(model, recs, resolution, batch_size, pool, fingerprint):
     if not ok:
         return ok, skipped, None
     pixels = torch.stack([x for x, _ in loaded if x is not None])  # (n, 3, R, R)
-    if model.kind != "diffusion":
-        return ok, skipped, pixels
-    x0 = run_batches(lambda sl: {"x0": encode_latents(model, pixels[sl]).cpu()}, len(ok), batch_size,
-                     concat=torch.cat)["x0"]  # (n, c, h, w)
+    x0 = run_fixed_batches(lambda idx: {"x0": model.encode(pixels[idx]).cpu()}, len(ok),
+                           micro_batch_size(model, batch_size), concat=torch.cat)["x0"]  # (n, c, h, w)
     LATENT_MEMO.put(memo_key, (ok, skipped, x0))
     return ok, skipped, x0
 
 
-def _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder, pool, progress_in_chunk,
+def _compute_chunk(model: Backbone, config, recs, blocks, resolution, batch_size, pool, progress_in_chunk,
                    fingerprint=""):
     ok, skipped, inputs = _chunk_inputs(model, recs, resolution, batch_size, pool, fingerprint)
     arrays: dict[str, np.ndarray] = {
@@ -264,24 +294,55 @@ def _compute_chunk(model, config, recs, blocks, resolution, batch_size, encoder,
         return arrays
     ids = [r.id for r in ok]
     prompts = [config.prompt.for_class(r.cls) for r in ok]
+
+    def fn(idx: list[int]):
+        request = request_of(config, [prompts[i] for i in idx])
+        out = model.forward_features(inputs[idx], [ids[i] for i in idx], blocks, request)
+        return {b: v.numpy() for b, v in out.items()}
+
     counted = [0]
 
-    def fn(sl: slice):
-        if model.kind == "diffusion":
-            x0 = inputs[sl].to(model.device, model.dtype)
-            out = unet_block_features(model, x0, ids[sl], config.timestep, encoder(prompts[sl]), blocks,
-                                      config.seed, config.ensemble)
-            out = {b: v.numpy() for b, v in out.items()}
-        else:
-            out = extract_batch(model, inputs[sl], ids[sl], prompts[sl], blocks, config.timestep)
-        counted[0] += sl.stop - sl.start
+    def progress(k: int):
+        counted[0] += k
         progress_in_chunk(counted[0])
-        return out
 
-    feats = run_batches(fn, len(ok), batch_size)
+    feats = run_fixed_batches(fn, len(ok), micro_batch_size(model, batch_size), progress=progress)
     for b in blocks:
         arrays[f"f:{b}"] = feats[b].astype(np.float32)
     return arrays
+
+
+def run_batches(
+    fn: Callable[..., dict[str, np.ndarray]],
+    n: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    concat: Callable = np.concatenate,
+    with_size: bool = False,
+) -> dict[str, np.ndarray]:
+    """Apply ``fn`` to consecutive slices of ``n`` items (``fn(slice, current_batch_size)`` with
+    ``with_size``); a CUDA out-of-memory halves the batch and carries on from where it stopped. Returns the
+    concatenated arrays."""
+    parts: dict[str, list[np.ndarray]] = {}
+    i = 0
+    while i < n:
+        sl = slice(i, min(n, i + batch_size))
+        try:
+            out = fn(sl, batch_size) if with_size else fn(sl)
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            logger.warning("CUDA out of memory: batch size halved to %d", batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v)
+        i = sl.stop
+        if progress:
+            progress(sl.stop - sl.start)
+    return {k: concat(v) for k, v in parts.items()}
 
 
 def iter_settings(timesteps: Sequence[int], prompts: Sequence[PromptSpec], base: ExtractionConfig):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.engine.extract import ExtractionConfig
-from core.backbones.loading import DEFAULT_MODEL, load_model, resolve_model_path
+from core.backbones.registry import DEFAULT_MODEL, load_backbone, resolve_folder
 from core.analysis.sweep import run_sweep
 
 CARD_DATASETS = ("synthetic-pacs:heldout", "rotated-digits:heldout")
@@ -48,9 +48,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
-    _, folder = resolve_model_path(args.model)
-    folder = Path(folder)
-    model = load_model(args.model, args.device)
+    folder, _ = resolve_folder(args.model)
+    if folder is None:
+        raise SystemExit(f"{args.model} has no model folder to hold a card")
+    model = load_backbone(args.model, args.device)
     parts = []
     for ds in CARD_DATASETS:
         df = run_sweep(card_config(ds, args.model), "all", CARD_TIMESTEPS, model=model, device=args.device)

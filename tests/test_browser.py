@@ -132,7 +132,7 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
             assert before["title"].startswith("up_blocks.1")
             assert "±" in nmi_before
 
-            slider = page.get_by_role("slider", name="UNet block")  # the thumb: <input type=range aria-label=...>
+            slider = page.get_by_role("slider", name="Layer")  # the thumb: <input type=range aria-label=...>
             slider.focus()
             page.keyboard.press("ArrowRight")  # up_blocks.1 -> up_blocks.2
             page.wait_for_function(

@@ -18,7 +18,7 @@ from PIL import Image
 
 import core.analysis.sweep
 from core.engine.cache import FeatureCache, atomic_save_npz, safe_load_npz
-from core.engine.extract import ExtractionConfig, cache_key, get_features, select_images
+from core.engine.extract import MICRO_BATCH, ExtractionConfig, cache_key, get_features, select_images
 from core.engine.prompts import PromptSpec
 from core.testing import make_domainbed
 from core.backbones.registry import folder_identity
@@ -146,7 +146,8 @@ def test_resume_after_kill_computes_only_the_rest(model, tiny_sd_dir, monkeypatc
         if how == "progress" and done > 8:  # the first report from inside the second chunk
             raise SimulatedKill("killed by the progress callback")
 
-    with UNetCounter(model.unet, fail_on_call=3 if how == "unet" else None):  # batch 4: call 3 = chunk 2
+    # the engine runs micro-batches of MICRO_BATCH images on the CPU: the first call of chunk 2 is the kill
+    with UNetCounter(model.unet, fail_on_call=8 // MICRO_BATCH + 1 if how == "unet" else None):
         with pytest.raises(SimulatedKill):
             get_features(c, ["up_blocks.1", "mid_block"], model=model, batch_size=4, progress=progress,
                          cache_dir=str(tmp_path / "run"))

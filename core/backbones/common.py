@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core.backbones.base import BackboneError, Request, image_noise
+from core.backbones.base import ExtractionError, ModelError, Request, image_noise
 
 NOISE_MODES_CLEAN = ("noised", "clean")
 
@@ -50,18 +50,25 @@ def check_safetensors(folder: Path, subs: Sequence[str | None]) -> None:
     for sub in subs:
         d = Path(folder) / sub if sub else Path(folder)
         if d.is_dir() and not any(d.glob("*.safetensors")) and (any(d.glob("*.bin")) or any(d.glob("*.pt*"))):
-            raise BackboneError(
+            raise ModelError(
                 f"{d} holds only pickle weights (.bin/.pt); DomainLens loads safetensors only. Convert once on a "
                 "trusted machine: load it with diffusers/transformers and save_pretrained(..., "
                 "safe_serialization=True), or download the repo's safetensors files.")
 
 
 def loading(what: str, folder: Path, fn: Callable[[], Any]) -> Any:
-    """Run a from_pretrained call, turning file errors into a :class:`BackboneError` that names the folder."""
+    """Run a from_pretrained call, turning file errors into a :class:`ModelError` that names the folder."""
     try:
         return fn()
     except (OSError, FileNotFoundError, EnvironmentError) as e:
-        raise BackboneError(f"could not load the {what} in {folder}: {e}") from e
+        raise ModelError(f"could not load the {what} in {folder}: {e}") from e
+
+
+def identity(folder: Path) -> str:
+    """Content hash of the folder's weights, configs and tokenizer files (the registry's)."""
+    from core.backbones.registry import folder_identity  # the registry imports the family files
+
+    return folder_identity(folder)
 
 
 def quiet() -> None:
@@ -117,15 +124,15 @@ def vae_latents(vae, pixels: torch.Tensor, device: torch.device, dtype: torch.dt
 
 def check_timestep(timestep: int, n: int) -> int:
     if isinstance(timestep, bool) or int(timestep) != timestep:
-        raise BackboneError(f"`timestep` must be an integer, got {timestep!r}")
+        raise ExtractionError(f"`timestep` must be an integer, got {timestep!r}")
     if not 0 <= int(timestep) < n:
-        raise BackboneError(f"`timestep` must be in [0, {n - 1}] for this scheduler, got {timestep}")
+        raise ExtractionError(f"`timestep` must be in [0, {n - 1}] for this scheduler, got {timestep}")
     return int(timestep)
 
 
 def check_noise_mode(request: Request, modes: Sequence[str]) -> None:
     if request.noise_mode not in modes:
-        raise BackboneError(f"noise mode {request.noise_mode!r} is not offered by this model; use one of "
+        raise ExtractionError(f"noise mode {request.noise_mode!r} is not offered by this model; use one of "
                             f"{', '.join(modes)}")
 
 
@@ -143,7 +150,7 @@ def ddpm_noiser(folder: Path, sub: str | None = "scheduler"):
     d = Path(folder) / sub if sub else Path(folder)
     cfg = read_json(d / "scheduler_config.json")
     if cfg is None:
-        raise BackboneError(f"{d} has no scheduler_config.json; the folder is incomplete (download the whole repo)")
+        raise ModelError(f"{d} has no scheduler_config.json; the folder is incomplete (download the whole repo)")
     keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
     return DDPMScheduler.from_config(keep)
 
@@ -173,7 +180,7 @@ def key_without_noise(key: dict, noise_mode: str) -> dict:
 
 
 class PromptMemo:
-    """Encodes each distinct prompt once (``encode(list_of_prompts) -> tuple of (P, ...) tensors``) and stacks
+    """Encodes each distinct prompt once, alone (``encode([prompt]) -> tuple of (1, ...) tensors``), and stacks
     the memoised rows for a batch."""
 
     def __init__(self, encode: Callable[[list[str]], tuple[torch.Tensor, ...]]):
@@ -181,12 +188,12 @@ class PromptMemo:
         self.memo: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, ...]:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.memo]
-        if missing:
-            with torch.inference_mode():
-                outs = self.encode(missing)
-            for i, p in enumerate(missing):
-                self.memo[p] = tuple(o[i] for o in outs)
+        for p in dict.fromkeys(prompts):
+            if p not in self.memo:  # each prompt alone, so it never depends on the others in a batch
+                with torch.inference_mode():
+                    self.memo[p] = tuple(o[0] for o in self.encode([p]))
+                if len(self.memo) > 4096:  # bounded: drop the oldest
+                    self.memo.pop(next(iter(self.memo)))
         n = len(self.memo[prompts[0]])
         return tuple(torch.stack([self.memo[p][k] for p in prompts]) for k in range(n))
 
@@ -195,7 +202,7 @@ def batch_prompts(request: Request, n: int) -> list[str]:
     """One prompt per image: the request's, or the empty prompt."""
     prompts = list(request.prompts) if request.prompts else [""] * n
     if len(prompts) != n:
-        raise BackboneError(f"got {len(prompts)} prompts for {n} images; pass one per image")
+        raise ExtractionError(f"got {len(prompts)} prompts for {n} images; pass one per image")
     return prompts
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
 from core.backbones.base import Backbone, Conditioning, Request
-from core.backbones.common import (KW, check_noise_mode, check_safetensors, check_timestep, class_name, ddpm_noised,
+from core.backbones.common import (identity, KW, check_noise_mode, check_safetensors, check_timestep, class_name, ddpm_noised,
                                    ddpm_noiser, index_class, loading, place, quiet)
-from core.backbones.loading import folder_identity
 
 CLASSES = ("UNet2DModel",)
 
@@ -43,10 +42,12 @@ def unet_layers(unet) -> list[str]:
     return names + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
 
 
-@dataclass
+@dataclass(eq=False)
 class PixelDDPMBackbone(Backbone):
-    family = "ddpm"
-    family_label = "Pixel-space DDPM (UNet2DModel)"
+    family: ClassVar[str] = "ddpm"
+    family_label: ClassVar[str] = "Pixel-space DDPM (UNet2DModel)"
+    conditioned_on: ClassVar[str] = "timestep"
+    hub_examples: ClassVar[tuple[str, ...]] = ("google/ddpm-cifar10-32", "google/ddpm-celebahq-256")
 
     unet: Any = None
     noiser: Any = None
@@ -71,7 +72,7 @@ class PixelDDPMBackbone(Backbone):
         size = unet.config.sample_size
         size = size[0] if isinstance(size, (list, tuple)) else size
         cond = Conditioning(timestep=True, num_train_timesteps=int(noiser.config.num_train_timesteps))
-        return cls(name=name, identity=folder_identity(folder), device=device, dtype=dtype, resolution=int(size),
+        return cls(name=name, identity=identity(folder), device=device, dtype=dtype, resolution=int(size),
                    layers=layers, default_layer="up_blocks.1" if "up_blocks.1" in layers else layers[-1],
                    conditioning=cond, root=unet, info={"folder": str(folder), "layout": "pipeline" if sub else "flat"},
                    unet=unet, noiser=noiser)

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from core.backbones.base import Backbone, BackboneError, Conditioning, Request, center_crop
-from core.backbones.common import (KW, NOISE_MODES_CLEAN, check_noise_mode, check_safetensors, check_timestep,
+from core.backbones.base import Backbone, Conditioning, ExtractionError, ModelError, Request, center_crop
+from core.backbones.common import (identity, KW, NOISE_MODES_CLEAN, check_noise_mode, check_safetensors, check_timestep,
                                    class_name, config_of, ddpm_noised, ddpm_noiser, index_class, key_without_noise,
                                    load_vae, loading, place, quiet, vae_latents, vae_scale)
-from core.backbones.loading import folder_identity
 
 PIPELINES = ("DiTPipeline",)
 CLASSES = ("DiTTransformer2DModel",)
@@ -36,10 +35,12 @@ def default_block_index(n_layers: int) -> int:
     return min(n_layers - 1, round(n_layers * 14 / 28))
 
 
-@dataclass
+@dataclass(eq=False)
 class DiTBackbone(Backbone):
-    family = "dit"
-    family_label = "DiT (class-conditional latent diffusion transformer)"
+    family: ClassVar[str] = "dit"
+    family_label: ClassVar[str] = "DiT (class-conditional latent diffusion transformer)"
+    conditioned_on: ClassVar[str] = "timestep (noised x_t or clean latent), class label (default: the null class)"
+    hub_examples: ClassVar[tuple[str, ...]] = ("facebook/DiT-XL-2-256", "facebook/DiT-XL-2-512")
 
     transformer: Any = None
     vae: Any = None
@@ -67,7 +68,7 @@ class DiTBackbone(Backbone):
         place(tr, device, dtype)  # eval(): a fresh DiT drops class labels at random in train mode
         vae = load_vae(folder, device, dtype)
         if vae is None:
-            raise BackboneError(f"{folder} has no vae/ subfolder; a DiT folder needs transformer/, vae/ and "
+            raise ModelError(f"{folder} has no vae/ subfolder; a DiT folder needs transformer/, vae/ and "
                                 "scheduler/ (download the whole repo)")
         noiser = ddpm_noiser(folder)
         n_layers = len(tr.transformer_blocks)
@@ -75,7 +76,7 @@ class DiTBackbone(Backbone):
         n_classes = int(tr.config.num_embeds_ada_norm)
         cond = Conditioning(timestep=True, class_label=True, num_train_timesteps=int(noiser.config.num_train_timesteps),
                             num_classes=n_classes, null_class=n_classes, noise_modes=NOISE_MODES_CLEAN)
-        return cls(name=name, identity=folder_identity(folder), device=device, dtype=dtype,
+        return cls(name=name, identity=identity(folder), device=device, dtype=dtype,
                    resolution=int(tr.config.sample_size) * vae_scale(vae), layers=layers,
                    default_layer=layers[default_block_index(n_layers)], conditioning=cond, root=tr,
                    info={"folder": str(folder), "class": class_name(folder, "transformer"),
@@ -96,7 +97,7 @@ class DiTBackbone(Backbone):
         c = self.conditioning
         label = self.null_class_if_none(request.class_label)
         if not 0 <= label <= c.num_classes:
-            raise BackboneError(f"class label must be in [0, {c.num_classes - 1}] or {c.null_class} (the null "
+            raise ExtractionError(f"class label must be in [0, {c.num_classes - 1}] or {c.null_class} (the null "
                                 f"class), got {label}")
         return label
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from core.backbones.base import Backbone, BackboneError, Conditioning, Request
-from core.backbones.common import (KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
+from core.backbones.base import Backbone, Conditioning, ExtractionError, ModelError, Request
+from core.backbones.common import (identity, KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
                                    class_name, flow_noised, index_class, load_vae, loading, place, quiet,
                                    scheduler_timesteps, tokenize, vae_latents, vae_scale)
-from core.backbones.loading import folder_identity
 from core.backbones.sd3 import load_text
 
 PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline")
@@ -51,10 +50,12 @@ def image_ids(h2: int, w2: int, device, dtype) -> torch.Tensor:
     return ids.reshape(h2 * w2, 3)
 
 
-@dataclass
+@dataclass(eq=False)
 class FluxBackbone(Backbone):
-    family = "flux"
-    family_label = "FLUX.1 (double- and single-stream transformer)"
+    family: ClassVar[str] = "flux"
+    family_label: ClassVar[str] = "FLUX.1 (double- and single-stream transformer)"
+    conditioned_on: ClassVar[str] = "timestep (flow matching), prompt"
+    hub_examples: ClassVar[tuple[str, ...]] = ("black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-dev")
 
     transformer: Any = None
     vae: Any = None
@@ -77,11 +78,11 @@ class FluxBackbone(Backbone):
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         if vae is None:
-            raise BackboneError(f"{folder} has no vae/; a FLUX folder needs transformer/, vae/, scheduler/, "
+            raise ModelError(f"{folder} has no vae/; a FLUX folder needs transformer/, vae/, scheduler/, "
                                 "text_encoder/ and tokenizer/ (download the whole repo)")
         clip = load_text(folder, "text_encoder", "tokenizer", device, dtype, "CLIPTextModel")
         if clip[0] is None:
-            raise BackboneError(f"{folder} lacks text_encoder/ + tokenizer/ (the CLIP encoder FLUX's pooled "
+            raise ModelError(f"{folder} lacks text_encoder/ + tokenizer/ (the CLIP encoder FLUX's pooled "
                                 "projection needs; only T5, text_encoder_2/, may be left out)")
         t5 = load_text(folder, "text_encoder_2", "tokenizer_2", device, dtype, "T5EncoderModel")
         layers = ([f"transformer_blocks.{i}" for i in range(len(tr.transformer_blocks))]
@@ -91,7 +92,7 @@ class FluxBackbone(Backbone):
         # FLUX's native 1024 px (128 latent cells, the pipeline's default) with its 8x VAE; with the smaller
         # VAEs of test models, 8 latent cells
         res = 1024 if vae_scale(vae) >= 8 else 8 * vae_scale(vae)
-        bb = cls(name=name, identity=folder_identity(folder), device=device, dtype=dtype, resolution=res, layers=layers,
+        bb = cls(name=name, identity=identity(folder), device=device, dtype=dtype, resolution=res, layers=layers,
                  default_layer=layers[len(layers) // 2], conditioning=cond, root=tr,
                  info={"folder": str(folder), "t5": t5[0] is not None,
                        "guidance": GUIDANCE if tr.config.guidance_embeds else None},
@@ -105,7 +106,7 @@ class FluxBackbone(Backbone):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         s = 2 * vae_scale(self.vae)
         if pixels.shape[-1] % s or pixels.shape[-2] % s:
-            raise BackboneError(f"FLUX needs a resolution divisible by {s}, got {tuple(pixels.shape[-2:])}")
+            raise ExtractionError(f"FLUX needs a resolution divisible by {s}, got {tuple(pixels.shape[-2:])}")
         return vae_latents(self.vae, pixels, self.device, self.dtype)
 
     def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,13 +25,12 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from core.backbones.base import Backbone, BackboneError, Conditioning, Request
-from core.backbones.common import check_safetensors, config_of, loading, place, quiet
-from core.backbones.loading import folder_identity
+from core.backbones.base import Backbone, Conditioning, ExtractionError, ModelError, Request
+from core.backbones.common import identity, check_safetensors, config_of, loading, place, quiet
 
 # config.json ``architectures[0]`` -> (transformers class that loads the vision encoder, has a CLS token)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
@@ -58,15 +57,19 @@ def find_layer_list(model: torch.nn.Module) -> str:
     """Path of the encoder's transformer layer list (the longest ModuleList; the first of equals)."""
     lists = [(n, len(m)) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
     if not lists:
-        raise BackboneError(f"{type(model).__name__} has no layer list to hook")
+        raise ModelError(f"{type(model).__name__} has no layer list to hook")
     best = max(n for _, n in lists)
     return next(name for name, n in lists if n == best)
 
 
-@dataclass
+@dataclass(eq=False)
 class HFVisionBackbone(Backbone):
-    family = "hf-vision"
-    family_label = "Vision encoders (CLIP, SigLIP, DINOv2, MAE) via transformers"
+    family: ClassVar[str] = "hf-vision"
+    family_label: ClassVar[str] = "Vision encoders (CLIP, SigLIP, DINOv2, MAE) via transformers"
+    conditioned_on: ClassVar[str] = "nothing (image only); token pooling cls or mean"
+    hub_examples: ClassVar[tuple[str, ...]] = ("openai/clip-vit-base-patch16", "google/siglip-base-patch16-224",
+                                               "facebook/dinov2-base", "facebook/dinov2-with-registers-base",
+                                               "facebook/vit-mae-base")
 
     model: Any = None
     processor: Any = None
@@ -90,7 +93,7 @@ class HFVisionBackbone(Backbone):
         folder = Path(folder)
         arch = architecture(folder)
         if arch is None:
-            raise BackboneError(f"{folder}/config.json names none of {', '.join(ARCHITECTURES)}")
+            raise ModelError(f"{folder}/config.json names none of {', '.join(ARCHITECTURES)}")
         check_safetensors(folder, [None])
         model_cls_name, has_cls = ARCHITECTURES[arch]
         model_cls = getattr(transformers, model_cls_name)
@@ -107,7 +110,7 @@ class HFVisionBackbone(Backbone):
         vcfg = model.config
         native = int(vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0])
         n_registers = int(getattr(vcfg, "num_register_tokens", 0) or 0)
-        return cls(name=name, identity=folder_identity(folder), device=device, dtype=dtype, resolution=native,
+        return cls(name=name, identity=identity(folder), device=device, dtype=dtype, resolution=native,
                    layers=layers, default_layer=layers[-1], conditioning=Conditioning(), root=model,
                    info={"folder": str(folder), "architecture": arch, "encoder": model_cls_name,
                          "layer_list": layer_list, "register_tokens": n_registers},
@@ -119,7 +122,7 @@ class HFVisionBackbone(Backbone):
     def with_pooling(self, pooling: str) -> "HFVisionBackbone":
         """The same loaded model with another token pooling ("cls" or "mean"; modules are shared)."""
         if pooling not in self.poolings:
-            raise BackboneError(f"pooling {pooling!r} is not offered by {self.name!r}; use one of "
+            raise ExtractionError(f"pooling {pooling!r} is not offered by {self.name!r}; use one of "
                                 f"{', '.join(self.poolings)}" + ("" if "cls" in self.poolings else
                                                                  " (this model has no CLS token)"))
         return dataclasses.replace(self, pooling=pooling)

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from core.backbones.base import Backbone, BackboneError, Conditioning, Request
-from core.backbones.common import (KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
+from core.backbones.base import Backbone, ModelError, Conditioning, Request
+from core.backbones.common import (identity, KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
                                    config_of, ddpm_noised, ddpm_noiser, index_class, load_vae, loading, place, quiet,
                                    tokenize, vae_latents, vae_scale)
 from core.backbones.dit import default_block_index
-from core.backbones.loading import folder_identity
 from core.backbones.sd3 import load_text
 
 PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
@@ -34,10 +33,13 @@ CLASSES = ("PixArtTransformer2DModel",)
 TEXT_ROWS = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 
 
-@dataclass
+@dataclass(eq=False)
 class PixArtBackbone(Backbone):
-    family = "pixart"
-    family_label = "PixArt-alpha / sigma (T5-conditioned diffusion transformer)"
+    family: ClassVar[str] = "pixart"
+    family_label: ClassVar[str] = "PixArt-alpha / sigma (T5-conditioned diffusion transformer)"
+    conditioned_on: ClassVar[str] = "timestep, prompt (T5)"
+    hub_examples: ClassVar[tuple[str, ...]] = ("PixArt-alpha/PixArt-XL-2-512x512",
+                                               "PixArt-alpha/PixArt-Sigma-XL-2-512-MS")
 
     transformer: Any = None
     vae: Any = None
@@ -68,13 +70,13 @@ class PixArtBackbone(Backbone):
         vae = load_vae(folder, device, dtype)
         text = load_text(folder, "text_encoder", "tokenizer", device, dtype, "T5EncoderModel")
         if vae is None or text[0] is None:
-            raise BackboneError(f"{folder} lacks vae/ or text_encoder/ + tokenizer/; a PixArt folder needs "
+            raise ModelError(f"{folder} lacks vae/ or text_encoder/ + tokenizer/; a PixArt folder needs "
                                 "transformer/, vae/, scheduler/, text_encoder/ and tokenizer/ (download the whole repo)")
         noiser = ddpm_noiser(folder)
         n = len(tr.transformer_blocks)
         layers = [f"transformer_blocks.{i}" for i in range(n)]
         cond = Conditioning(timestep=True, prompt=True, num_train_timesteps=int(noiser.config.num_train_timesteps))
-        bb = cls(name=name, identity=folder_identity(folder), device=device, dtype=dtype,
+        bb = cls(name=name, identity=identity(folder), device=device, dtype=dtype,
                  resolution=int(tr.config.sample_size) * vae_scale(vae), layers=layers,
                  default_layer=layers[default_block_index(n)], conditioning=cond, root=tr,
                  info={"folder": str(folder)}, transformer=tr, vae=vae, noiser=noiser, text=text,

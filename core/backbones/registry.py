@@ -24,7 +24,14 @@ import torch
 
 from core.backbones.base import Backbone, ModelError
 from core.backbones.baselines import CNNBackbone, PixelsBackbone
+from core.backbones.ddpm import PixelDDPMBackbone
+from core.backbones.dit import DiTBackbone
+from core.backbones.flux import FluxBackbone
+from core.backbones.hf_vision import HFVisionBackbone
+from core.backbones.pixart import PixArtBackbone
+from core.backbones.sd3 import SD3Backbone
 from core.backbones.sd_unet import SDUNet
+from core.backbones.sdxl import SDXLUNet
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,13 @@ FAMILIES: list[type[Backbone]] = [
     SDUNet,
     PixelsBackbone,
     CNNBackbone,
+    SDXLUNet,
+    DiTBackbone,
+    SD3Backbone,
+    FluxBackbone,
+    PixArtBackbone,
+    PixelDDPMBackbone,
+    HFVisionBackbone,
 ]
 
 

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from core.backbones.base import Backbone, BackboneError, Conditioning, Request
-from core.backbones.common import (KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
+from core.backbones.base import Backbone, ModelError, Conditioning, Request
+from core.backbones.common import (identity, KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
                                    class_name, config_of, flow_noised, scheduler_timesteps, index_class, load_vae, loading, place, quiet,
                                    tokenize, vae_latents, vae_scale)
-from core.backbones.loading import folder_identity
 
 PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
 CLASSES = ("SD3Transformer2DModel",)
@@ -46,15 +45,18 @@ def load_text(folder: Path, enc: str, tok: str, device, dtype, enc_default: str)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, subfolder=tok, local_files_only=True)
     except (OSError, ValueError, ImportError) as e:
-        raise BackboneError(f"could not load the tokenizer in {Path(folder) / tok}: {e}. T5 tokenizers saved as "
+        raise ModelError(f"could not load the tokenizer in {Path(folder) / tok}: {e}. T5 tokenizers saved as "
                             "spiece.model only need `pip install sentencepiece protobuf`.") from e
     return place(model, device, dtype), tokenizer
 
 
-@dataclass
+@dataclass(eq=False)
 class SD3Backbone(Backbone):
-    family = "sd3"
-    family_label = "Stable Diffusion 3 / 3.5 (MMDiT)"
+    family: ClassVar[str] = "sd3"
+    family_label: ClassVar[str] = "Stable Diffusion 3 / 3.5 (MMDiT)"
+    conditioned_on: ClassVar[str] = "timestep (flow matching), prompt"
+    hub_examples: ClassVar[tuple[str, ...]] = ("stabilityai/stable-diffusion-3-medium-diffusers",
+                                               "stabilityai/stable-diffusion-3.5-medium")
 
     transformer: Any = None
     vae: Any = None
@@ -77,18 +79,18 @@ class SD3Backbone(Backbone):
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         if vae is None:
-            raise BackboneError(f"{folder} has no vae/; an SD3 folder needs transformer/, vae/, scheduler/ and the "
+            raise ModelError(f"{folder} has no vae/; an SD3 folder needs transformer/, vae/, scheduler/ and the "
                                 "CLIP text encoders (download the whole repo)")
         text = tuple(load_text(folder, f"text_encoder{s}", f"tokenizer{s}", device, dtype, d)
                      for s, d in (("", "CLIPTextModelWithProjection"), ("_2", "CLIPTextModelWithProjection"),
                                   ("_3", "T5EncoderModel")))
         if text[0][0] is None or text[1][0] is None:
-            raise BackboneError(f"{folder} lacks text_encoder/ + tokenizer/ or text_encoder_2/ + tokenizer_2/ (the "
+            raise ModelError(f"{folder} lacks text_encoder/ + tokenizer/ or text_encoder_2/ + tokenizer_2/ (the "
                                 "two CLIP encoders SD3 needs; only T5, text_encoder_3/, may be left out)")
         layers = [f"transformer_blocks.{i}" for i in range(len(tr.transformer_blocks))]
         n_t = scheduler_timesteps(folder)
         cond = Conditioning(timestep=True, prompt=True, num_train_timesteps=n_t)
-        bb = cls(name=name, identity=folder_identity(folder), device=device, dtype=dtype,
+        bb = cls(name=name, identity=identity(folder), device=device, dtype=dtype,
                  resolution=int(tr.config.sample_size) * vae_scale(vae), layers=layers,
                  default_layer=layers[len(layers) // 2], conditioning=cond, root=tr,
                  info={"folder": str(folder), "t5": text[2][0] is not None}, transformer=tr, vae=vae, text=text)

@@ -354,5 +354,8 @@ def make_tiny(kind: str, folder: str | Path) -> Path:
     """Build the tiny model ``kind`` (a key of :data:`TINY`) into ``folder``."""
     if kind not in TINY:
         raise ValueError(f"unknown tiny model {kind!r}; choose from {', '.join(TINY)}")
+    from core.backbones.common import quiet
+
+    quiet()  # no progress bars or load reports from save_pretrained
     with torch.random.fork_rng():
         return TINY[kind](Path(folder))

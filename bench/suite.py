@@ -825,7 +825,7 @@ def bench_scan(ctx: Ctx, n_files: int | None = None, reps: int | None = None) ->
                       "folder do not pay this on every rerun; the CLI scans once per command."]}
 
 
-# ----------------------------------------------------------- 10. every family: all layers vs default layer
+# ----------------------------------------------------------- 12. every family: all layers vs default layer
 
 
 FAMILY_KINDS = ("dit", "sdxl", "sd3", "flux", "pixart", "ddpm", "clip", "siglip", "dinov2", "dinov2-registers", "mae")
@@ -894,5 +894,5 @@ BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
     7: ("Feature cache: size and load time", bench_cache),
     8: ("First Explore on a fresh machine", bench_first_explore),
     9: ("Dataset scan and fingerprint at scale", bench_scan),
-    10: ("Every family: all layers vs default layer (tiny models, CPU)", bench_families),
+    12: ("Every family: all layers vs default layer (tiny models, CPU)", bench_families),
 }

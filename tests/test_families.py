@@ -243,7 +243,7 @@ def test_unsupported_folder_names_what_it_found(tmp_path):
 def test_families_benchmark_rows(tmp_path):
     from bench.suite import BENCHMARKS, Ctx, bench_families
 
-    assert BENCHMARKS[10][1] is bench_families
+    assert BENCHMARKS[12][1] is bench_families
     out = bench_families(Ctx(quick=True, work=tmp_path, log=lambda m: None), kinds=("dit",), batch=2, reps=1)
     assert [r["unit"] for r in out["rows"]] == ["img/s"] * 2 and all(r["value"] > 0 for r in out["rows"])
     assert out["details"]["dit"]["layers_run_for_default"] == 3  # blocks 0..2 of 4: early exit skipped block 3

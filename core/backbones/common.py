@@ -88,7 +88,10 @@ def place(module: torch.nn.Module | None, device: torch.device, dtype: torch.dty
     if module is None:
         return None
     module.eval().requires_grad_(False)
-    return module.to(device) if dtype == torch.float32 else module.to(device, dtype=dtype)
+    module.to(device)
+    if any(p.is_floating_point() and p.dtype != dtype for p in module.parameters()):
+        module.to(dtype=dtype)  # diffusers models were loaded in ``dtype`` already (a cast here warns)
+    return module
 
 
 # --------------------------------------------------------------------------------------- VAE
@@ -101,8 +104,10 @@ def load_vae(folder: Path, device: torch.device, dtype: torch.dtype, sub: str = 
         return None
     from diffusers import AutoencoderKL
 
-    vae = loading("VAE", folder, lambda: AutoencoderKL.from_pretrained(folder, subfolder=sub, **KW))
-    return place(vae, device, torch.float32 if dtype == torch.float16 else dtype)
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+    vae = loading("VAE", folder, lambda: AutoencoderKL.from_pretrained(folder, subfolder=sub, torch_dtype=vae_dtype,
+                                                                         **KW))
+    return place(vae, device, vae_dtype)
 
 
 def vae_scale(vae) -> int:

@@ -64,7 +64,7 @@ class PixelDDPMBackbone(Backbone):
         folder = Path(folder)
         sub = unet_layout(folder) or ""
         check_safetensors(folder, [sub or None])
-        kw = dict(KW, subfolder=sub) if sub else dict(KW)
+        kw = dict(KW, torch_dtype=dtype, subfolder=sub) if sub else dict(KW, torch_dtype=dtype)
         unet = loading("UNet2DModel", folder, lambda: UNet2DModel.from_pretrained(folder, **kw))
         place(unet, device, dtype)
         noiser = ddpm_noiser(folder, "scheduler" if sub else None)

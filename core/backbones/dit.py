@@ -64,7 +64,7 @@ class DiTBackbone(Backbone):
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
         tr = loading("DiT transformer", folder,
-                     lambda: DiTTransformer2DModel.from_pretrained(folder, subfolder="transformer", **KW))
+                     lambda: DiTTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
         place(tr, device, dtype)  # eval(): a fresh DiT drops class labels at random in train mode
         vae = load_vae(folder, device, dtype)
         if vae is None:

@@ -74,7 +74,7 @@ class FluxBackbone(Backbone):
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
         tr = loading("FLUX transformer", folder,
-                     lambda: FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", **KW))
+                     lambda: FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         if vae is None:

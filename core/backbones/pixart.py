@@ -65,7 +65,7 @@ class PixArtBackbone(Backbone):
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
         tr = loading("PixArt transformer", folder,
-                     lambda: PixArtTransformer2DModel.from_pretrained(folder, subfolder="transformer", **KW))
+                     lambda: PixArtTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         text = load_text(folder, "text_encoder", "tokenizer", device, dtype, "T5EncoderModel")

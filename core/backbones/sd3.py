@@ -75,7 +75,7 @@ class SD3Backbone(Backbone):
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
         tr = loading("SD3 transformer", folder,
-                     lambda: SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **KW))
+                     lambda: SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         if vae is None:

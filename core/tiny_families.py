@@ -210,16 +210,18 @@ def make_tiny_flux(folder: str | Path, guidance: bool = False) -> Path:
 
 
 def make_tiny_pixart(folder: str | Path) -> Path:
-    """PixArt-alpha/sigma: transformer/ (PixArtTransformer2DModel, 4 blocks), T5 text encoder, vae/, scheduler/."""
+    """PixArt-alpha/sigma: transformer/ (PixArtTransformer2DModel, 4 blocks, with the resolution and aspect-ratio
+    conditions), T5 text encoder, vae/, scheduler/."""
     from diffusers import PixArtTransformer2DModel
 
     folder = Path(folder)
     tok = make_t5_tokenizer(8)
     te = _t5(tok, d_model=32)
     torch.manual_seed(0)
-    tr = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                  num_layers=4, cross_attention_dim=16, sample_size=8, patch_size=2,
-                                  caption_channels=32, use_additional_conditions=False, norm_num_groups=8)
+    # resolution and aspect-ratio conditions on, as PixArt-alpha 1024 (their embedders need a width divisible by 3)
+    tr = PixArtTransformer2DModel(num_attention_heads=3, attention_head_dim=8, in_channels=4, out_channels=8,
+                                  num_layers=4, cross_attention_dim=24, sample_size=8, patch_size=2,
+                                  caption_channels=32, use_additional_conditions=True, norm_num_groups=8)
     tr.save_pretrained(folder / "transformer", safe_serialization=True)
     _vae().save_pretrained(folder / "vae", safe_serialization=True)
     _ddpm_scheduler("DPMSolverMultistepScheduler").save_pretrained(folder / "scheduler")

@@ -79,6 +79,7 @@ class HFVisionBackbone(Backbone):
     n_prefix: int = 1  # tokens before the patches: CLS + registers
     native: int = 224
     is_mae: bool = False
+    _resized: dict = dataclasses.field(default_factory=dict, repr=False)  # resolution -> rescaled processor
 
     @classmethod
     def detect(cls, folder: Path) -> bool:
@@ -149,16 +150,22 @@ class HFVisionBackbone(Backbone):
         return out[layer]
 
     # ---- preprocessing: the checkpoint's own processor ------------------------------------
-    def preprocess(self, image, resolution: int) -> torch.Tensor:
-        proc = self.processor
-        if resolution != self.native:  # scale the processor's sizes (resize and crop) to the asked resolution
-            proc = copy.deepcopy(proc)
+    def processor_for(self, resolution: int):
+        """The checkpoint's processor, with its resize and crop sizes scaled to ``resolution`` (memoised)."""
+        if resolution == self.native:
+            return self.processor
+        if resolution not in self._resized:
+            proc = copy.deepcopy(self.processor)
             for attr in ("size", "crop_size"):
                 d = getattr(proc, attr, None)
                 if d:
-                    d = dict(d) if not hasattr(d, "items") else {k: v for k, v in d.items() if v is not None}
+                    d = {k: v for k, v in dict(d).items() if v is not None}
                     setattr(proc, attr, {k: max(1, round(v * resolution / self.native)) for k, v in d.items()})
-        px = proc(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+            self._resized[resolution] = proc
+        return self._resized[resolution]
+
+    def preprocess(self, image, resolution: int) -> torch.Tensor:
+        px = self.processor_for(resolution)(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
         return px[0].float()  # (3, R, R)
 
     def forward_features(self, x0: torch.Tensor, image_ids: Sequence[str], layers: Sequence[str], request: Request,

@@ -842,8 +842,8 @@ def bench_families(ctx: Ctx, kinds=FAMILY_KINDS, batch: int | None = None, reps:
     from core.backbones.registry import load_backbone
     from core.tiny_families import make_tiny
 
-    batch = batch or 8
-    reps = reps or (3 if ctx.quick else 5)
+    batch = batch or (8 if ctx.quick else 16)
+    reps = reps or (3 if ctx.quick else 7)
     rows, details = [], {}
     root = ctx.work / "tiny-families"
     try:

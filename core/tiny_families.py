@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import string
-import tempfile
 from pathlib import Path
 from typing import Callable
 

@@ -132,6 +132,10 @@ def test_family_loads_extracts_and_exits_early(kind, folders, pixels_of):
     assert set(counts) == {first}, f"{kind}: layers after {first} ran: {sorted(set(counts) - {first})}"
     assert torch.equal(out[first], feats[first])
 
+    # the un-pooled default layer as a spatial map (token sequences reshaped row-major)
+    maps = bb.spatial_maps(x0, IDS, bb.default_layer, req)
+    assert maps.ndim == 4 and maps.shape[:2] == (3, feats[bb.default_layer].shape[1])
+
 
 @pytest.mark.parametrize("kind", ["dit", "sd3", "flux-dev", "pixart", "sdxl", "ddpm", "dinov2"])
 def test_cache_key_holds_exactly_the_conditioning_the_family_takes(kind, folders, pixels_of):
@@ -248,3 +252,9 @@ def test_families_benchmark_rows(tmp_path):
     assert [r["unit"] for r in out["rows"]] == ["img/s"] * 2 and all(r["value"] > 0 for r in out["rows"])
     assert out["details"]["dit"]["layers_run_for_default"] == 3  # blocks 0..2 of 4: early exit skipped block 3
     assert not (tmp_path / "tiny-families").exists()
+
+
+def test_flux_needs_a_resolution_its_packing_can_take(folders):
+    bb = load_backbone(str(folders["flux"]), "cpu", "float32")
+    with pytest.raises(ExtractionError, match="resolution divisible by 8"):
+        bb.encode(torch.zeros(1, 3, 36, 36))

@@ -326,3 +326,34 @@ def layout_labels(result: DGResult, domain: str) -> tuple[list[str], list[str]]:
         labels[i] = f"held-out {domain} → {f.pseudo_names[f.pseudo_test[j]]}"
     cats = [f"train · {n}" for n in f.pseudo_names] + [f"held-out {domain} → {n}" for n in f.pseudo_names]
     return labels, cats
+
+
+def domainbed_zip(result: DGResult, dataset_root: str | None = None) -> bytes:
+    """:func:`export_domainbed`'s files as one zip archive (for a download)."""
+    import io
+    import tempfile
+    import zipfile
+
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = export_domainbed(result, tmp, dataset_root)
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in files:
+                z.write(f, Path(f).relative_to(tmp).as_posix())
+    return buf.getvalue()
+
+
+def dg_command(dataset: str, models: Sequence[str], blocks: Sequence[str] | None, timesteps: Sequence[int], *,
+               max_per_domain: int | None = None, seed: int = 0, analysis_seed: int = 0,
+               n_clusters: int | None = None, out: str = "ranking.csv") -> str:
+    """The ``python -m core dg`` command for these settings."""
+    import shlex
+
+    parts = ["python", "-m", "core", "dg", "--dataset", dataset, "--model", ",".join(models),
+             "--blocks", ",".join(blocks) if blocks else "all", "--timesteps", ",".join(str(int(t)) for t in timesteps)]
+    if max_per_domain:
+        parts += ["--max-per-domain", str(max_per_domain)]
+    parts += ["--seed", str(seed), "--analysis-seed", str(analysis_seed)]
+    if n_clusters:
+        parts += ["--clusters", str(n_clusters)]
+    return shlex.join(parts + ["--out", out])

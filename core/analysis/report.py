@@ -258,7 +258,7 @@ def build_report(
                                     max_per_domain=config.max_per_domain)
             df = run_sweep(base, _model_blocks(model, config.blocks), ts, device=device, dtype=dtype,
                            batch_size=config.batch_size, cache_dir=cache_dir, n_seeds=config.n_seeds,
-                           progress=step(done[0]), model=model, on_features=on_features)
+                           probe=False, progress=step(done[0]), model=model, on_features=on_features)
             sweeps[(d, m)] = df
             done[0] += n_sel[d] * n_settings(model)
             if progress:
@@ -276,7 +276,7 @@ def build_report(
             rows.append({"dataset": d, "model": m, "block": block, "timestep": t,
                          "domain_nmi": float(r["domain_nmi"]), "domain_nmi_std": float(r["domain_nmi_std"]),
                          "class_nmi": float(r["class_nmi"]), "class_nmi_std": float(r["class_nmi_std"]),
-                         "domain_probe_acc": float(r["domain_probe_acc"]), "n_images": int(r["n_images"])})
+                         "n_images": int(r["n_images"])})
             cfg = ExtractionConfig(dataset=d, model=m, timestep=ts[0] if t is None else t, seed=config.seed,
                                    max_per_domain=config.max_per_domain)
             fs = get_features(cfg, [block], device=device, dtype=dtype, batch_size=config.batch_size,
@@ -294,7 +294,7 @@ def build_report(
                                     batch_size=config.batch_size, cache_dir=cache_dir, model=model,
                                     dataset=dsets[d], progress=step(done[0]))
                 counted[0] += fs_s.n_unet_images
-                sc = cached_scores(fs_s, block, config.n_seeds, True, cache)
+                sc = cached_scores(fs_s, block, config.n_seeds, False, cache)
                 dn.append(sc.domain_nmi)
                 cn.append(sc.class_nmi)
                 done[0] += n_sel[d]

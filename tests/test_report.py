@@ -95,3 +95,24 @@ def test_bad_report_input_is_a_clear_cli_error(capsys):
     assert "error: Unknown model 'no-such-model'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="select must be one of"):
         ReportConfig((DATASET,), ("pixels",), select="worst")
+
+
+def test_report_button_on_the_sweep_page(monkeypatch):
+    import os
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DOMAINLENS_MAX_PER_DOMAIN", "4")
+    monkeypatch.setenv("DOMAINLENS_DEFAULT_MODEL", "pixels")
+    monkeypatch.delenv("DOMAINLENS_DATA_ROOTS", raising=False)
+    app = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
+    at = AppTest.from_file(app, default_timeout=180).run()
+    at.switch_page("pages/sweep.py").run()
+    at.button(key="sweep_run").click().run()
+    at.button(key="sweep_report_build").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    cfg = ReportConfig((DATASET,), ("pixels",), blocks=("pixels",), timesteps=(50,), max_per_domain=4)
+    assert cfg.command("report.html", "both") in [c.value for c in at.code]
+    assert any(c.value.startswith("Report ready") for c in at.caption)
+    assert {"Report (HTML)", "Report (markdown)"} <= {b.label for b in at.get("download_button")}

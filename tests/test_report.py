@@ -93,6 +93,9 @@ def test_domainbed_names_are_recognised():
 def test_bad_report_input_is_a_clear_cli_error(capsys):
     assert main(["report", "--datasets", DATASET, "--models", "no-such-model", "--out", "x.html"]) == 2
     assert "error: Unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["report", "--datasets", DATASET, "--models", "pixels", "--blocks", "up_blocks.9",
+                 "--out", "x.html"]) == 2
+    assert "unknown block(s) ['up_blocks.9']: no model has them (pixels: pixels)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="select must be one of"):
         ReportConfig((DATASET,), ("pixels",), select="worst")
 

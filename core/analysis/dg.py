@@ -269,6 +269,9 @@ def rank_settings(
         bl = list(model.blocks) if not wanted else ([b for b in wanted if b in model.blocks] or list(model.blocks))
         ts = [int(t) for t in dict.fromkeys(timesteps)] if model.uses_timestep else [None]
         plan += [(m, model, bl, t) for t in ts]
+    from core.analysis.report import check_blocks
+
+    check_blocks(wanted, loaded)
     results: dict[tuple[str, str, int | None], DGResult] = {}
     for i, (m, model, bl, t) in enumerate(plan):
         cfg = ExtractionConfig(dataset=dataset, model=m, timestep=50 if t is None else t, seed=seed,

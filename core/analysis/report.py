@@ -186,6 +186,18 @@ def _model_blocks(model, blocks: Sequence[str] | None) -> list[str]:
     return mine or list(model.blocks)
 
 
+def check_blocks(blocks: Sequence[str] | None, models: dict) -> None:
+    """Every requested block must belong to at least one of the models (a typo is an error, not a silent
+    fallback); a model with none of them (a baseline) uses its own blocks."""
+    if not blocks or list(blocks) == ["all"]:
+        return
+    known = {b for m in models.values() for b in m.blocks}
+    unknown = [b for b in blocks if b not in known]
+    if unknown:
+        have = "; ".join(f"{n}: {', '.join(m.blocks)}" for n, m in models.items())
+        raise ValueError(f"unknown block(s) {unknown}: no model has them ({have}); pass 'all' or some of these")
+
+
 def _choose(model, dfs: list[pd.DataFrame], select: str, timesteps: Sequence[int]) -> tuple[str, int | None]:
     if select == "default":
         block = model.default_block if any(model.default_block in set(d["block"]) for d in dfs) \
@@ -229,6 +241,7 @@ def build_report(
     for m in config.models:
         if m not in loaded:
             loaded[m] = load_model(m, device, dtype)
+    check_blocks(config.blocks, loaded)
     dsets = {d: load_dataset(d) for d in config.datasets}
     n_sel = {d: len(select_images(ExtractionConfig(dataset=d, max_per_domain=config.max_per_domain,
                                                    seed=config.seed), dsets[d])[1]) for d in config.datasets}

@@ -20,12 +20,13 @@ def eta_text(done: int, total: int, elapsed: float) -> str:
     return f"{done} / {total} images · ETA {left:.0f} s"
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def _build(config: ReportConfig, device: str, _progress=None) -> tuple[str, str, int]:
+@st.cache_data(show_spinner="Writing the report…", max_entries=4)
+def _build(config: ReportConfig, device: str) -> tuple[str, str]:
+    """The report's HTML and markdown (after :func:`build_report` ran once with a progress bar, every
+    feature, score and layout comes from the disk cache)."""
     loaded = {m: ui.get_model(m, device) for m in config.models}
-    rep = build_report(config, device=device, progress=_progress, models=loaded,
-                       command=config.command("report.html", "both"))
-    return render_html(rep), render_markdown(rep), rep.n_model_images
+    rep = build_report(config, device=device, models=loaded, command=config.command("report.html", "both"))
+    return render_html(rep), render_markdown(rep)
 
 
 def report_button(s: ui.Settings, blocks: Sequence[str], timesteps: Sequence[int], key: str = "report") -> None:
@@ -47,23 +48,29 @@ def report_button(s: ui.Settings, blocks: Sequence[str], timesteps: Sequence[int
     if st.session_state.get(f"{key}_request") != config:
         st.caption("Builds the report for this dataset, model(s), blocks and timesteps.")
         return
-    bar = st.progress(0.0, text="Building the report…")
-    start = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / total) if total else 1.0, text=eta_text(done, total, time.monotonic() - start))
-
     for m in config.models:
         ui.current_model(s, m)
+    n_model = None
     try:
-        html_text, md_text, n_model = _build(config, s.device, _progress=progress)
+        if clicked:  # compute what is missing with a progress bar (features, scores, layouts go to the disk cache)
+            bar = st.progress(0.0, text="Building the report…")
+            start = time.monotonic()
+
+            def progress(done: int, total: int) -> None:
+                bar.progress(min(1.0, done / total) if total else 1.0,
+                             text=eta_text(done, total, time.monotonic() - start))
+
+            try:
+                n_model = build_report(config, device=s.device, progress=progress,
+                                       models={m: ui.get_model(m, s.device) for m in config.models}).n_model_images
+            finally:
+                bar.empty()
+        html_text, md_text = _build(config, s.device)  # from the disk cache: runs no model
     except ui.EXPECTED_ERRORS as e:
         st.error(f"{e}\n\nChange the selection and try again.")
         return
-    finally:
-        bar.empty()
-    st.caption(f"Report ready ({len(html_text) / 1e6:.1f} MB HTML; {n_model} image(s) went through a model "
-               "when it was built, 0 = all from the cache). Reproduce with:")
+    cost = "" if n_model is None else f"; {n_model} image(s) went through a model, 0 = all from the cache"
+    st.caption(f"Report ready ({len(html_text) / 1e6:.1f} MB HTML{cost}). Reproduce with:")
     st.code(config.command("report.html", "both"), language="bash")
     c1, c2 = st.columns(2)
     c1.download_button("Report (HTML)", html_text, file_name="domainlens-report.html", mime="text/html",

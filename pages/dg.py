@@ -16,13 +16,12 @@ from core.engine.extract import get_features
 from pages import _common as ui
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(show_spinner="Leave-one-domain-out probes…", max_entries=16)
 def ranking(dataset: str, models: tuple[str, ...], blocks: tuple[str, ...], timesteps: tuple[int, ...],
-            max_per_domain: int, seed: int, k: int | None, device: str, _progress=None):
-    loaded = {m: ui.get_model(m, device) for m in models}
+            max_per_domain: int, seed: int, k: int | None, device: str, _loaded: dict):
+    """The ranking from features already in the on-disk cache (extracted before, with a progress bar)."""
     return rank_settings(dataset, list(models), list(blocks), list(timesteps), max_per_domain=max_per_domain,
-                         seed=seed, analysis_seed=seed, n_clusters=k, device=device, progress=_progress,
-                         loaded=loaded)
+                         seed=seed, analysis_seed=seed, n_clusters=k, device=device, loaded=_loaded)
 
 
 s = ui.settings()
@@ -63,11 +62,17 @@ if not blocks or not timesteps:
     st.stop()
 
 models = (s.model, *extra)
-for m in extra:
-    ui.current_model(s, m)
-rank, results = ui.run_core(lambda progress: ranking(s.dataset, models, tuple(blocks), tuple(timesteps),
-                                                     s.max_per_domain, s.seed, k, s.device, _progress=progress),
-                            label="Extracting features")
+loaded = {m: ui.current_model(s, m) for m in models}
+for m, mdl in loaded.items():  # extract what is missing first (progress bar), then rank from the cache
+    own = [b for b in blocks if b in mdl.blocks] or list(mdl.blocks)
+    for t in (timesteps if mdl.uses_timestep else [ui.DEFAULT_TIMESTEP]):
+        ui.run_core(get_features, s.extraction(t, model=m), own, model=mdl, device=s.device)
+try:
+    rank, results = ranking(s.dataset, models, tuple(blocks), tuple(timesteps), s.max_per_domain, s.seed, k,
+                            s.device, _loaded=loaded)
+except ui.EXPECTED_ERRORS as e:
+    st.error(f"{e}\n\nChange the setting in the controls or the sidebar and try again.")
+    st.stop()
 means = mean_rows(rank)
 top = means.iloc[0]
 key_of = {}

@@ -470,7 +470,7 @@ def _plotly_js(mode: str) -> str:
     js = po.get_plotlyjs()
     if mode == "inline":
         return "<script>" + js + "</script>"
-    gz = base64.b64encode(gzip.compress(js.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
+    gz = base64.b64encode(gzip.compress(js.encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
     return f'<script id="plotly-gz" type="application/octet-stream">{gz}</script>'
 
 

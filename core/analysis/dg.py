@@ -256,7 +256,7 @@ def rank_settings(
     ``blocks``: ``None``/``"all"`` = every block of each model; a model with none of the given blocks (a
     baseline) uses all of its own. ``seed``: image sample and diffusion noise (part of the feature cache
     key); ``analysis_seed``: k-means, cross-validation split and probe."""
-    from core.backbones.loading import load_model
+    from core.backbones.registry import load_backbone as load_model
     from core.engine.extract import ExtractionConfig, get_features
 
     loaded = dict(loaded or {})

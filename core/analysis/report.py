@@ -234,7 +234,7 @@ def build_report(
 ) -> Report:
     """Everything the report shows. ``progress(done, total)`` counts image passes (a cached setting
     counts as done at once); ``models`` maps names to already loaded models (else they are loaded)."""
-    from core.backbones.loading import load_model
+    from core.backbones.registry import load_backbone as load_model
 
     cache = FeatureCache(cache_dir)
     loaded = dict(models or {})

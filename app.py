@@ -28,6 +28,7 @@ PAGES = [
     st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_on:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/pseudo_domains.py", title="Pseudo-domains", icon=":material/hub:"),
+    st.Page("pages/dg.py", title="Domain generalization", icon=":material/alt_route:"),
 ]
 
 # Less empty space above the page title (wide layout on laptops and projectors).

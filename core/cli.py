@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {datasets,models,validate,extract,sweep}``.
+"""Command line: ``python -m core {datasets,models,validate,extract,sweep,report,dg}``.
 
 The CLI calls the same core functions with the same config objects as the dashboard.
 """
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="write the table as CSV")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI")
+    _add_report_parsers(sub)
     return parser
 
 
@@ -208,6 +209,124 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- report and dg
+
+
+def _csv_list(s: str) -> list[str]:
+    out = [x.strip() for x in s.split(",") if x.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one name (comma-separated)")
+    return out
+
+
+def _seed_list(s: str) -> list[int]:
+    if s.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas (or none), got {s!r}") from None
+
+
+def _add_report_parsers(sub) -> None:
+    r = sub.add_parser("report", help="the paper's tables as one self-contained HTML (and markdown) report")
+    r.add_argument("--datasets", type=_csv_list, required=True, help="e.g. synthetic-pacs,rotated-digits or folders")
+    r.add_argument("--models", type=_csv_list, default=[DEFAULT_MODEL], help="e.g. domainlens-tiny,pixels,domainlens-cnn")
+    r.add_argument("--blocks", default="all", help="all, or e.g. up_blocks.1,mid_block (baselines use their own)")
+    r.add_argument("--timesteps", type=_parse_timesteps, default=[50], help="e.g. 10,50,200")
+    r.add_argument("--max-per-domain", type=int, default=None)
+    r.add_argument("--seed", type=int, default=0, help="image sample, diffusion noise, t-SNE")
+    r.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI")
+    r.add_argument("--noise-seeds", type=_seed_list, default=[1, 2],
+                   help="extra extraction seeds for the stability table (or none)")
+    r.add_argument("--select", choices=["best", "default"], default="best",
+                   help="each model's layer and timestep: best mean domain NMI over the datasets, or its default")
+    r.add_argument("--tsne-points", type=int, default=300, help="points per t-SNE panel")
+    r.add_argument("--out", default="report.html", help="output file")
+    r.add_argument("--format", choices=["html", "md", "both"], default=None,
+                   help="default: from --out's suffix (.md: markdown, else HTML); both: .html and .md twins")
+    r.add_argument("--plotly-js", choices=["gzip", "inline"], default="gzip",
+                   help="plotly.js inlined gzip-compressed (~2 MB, default) or plain (~4.8 MB)")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--dtype", default="auto")
+    r.add_argument("--cache-dir", default=None)
+    r.add_argument("--no-progress", action="store_true")
+
+    d = sub.add_parser("dg", help="domain-generalization what-if: leave one domain out, rank settings")
+    d.add_argument("--dataset", required=True, help="built-in name, DomainBed folder or CSV manifest")
+    d.add_argument("--model", type=_csv_list, default=[DEFAULT_MODEL], help="one or more models, comma-separated")
+    d.add_argument("--blocks", default="all", help="all, or e.g. up_blocks.1,mid_block (baselines use their own)")
+    d.add_argument("--timesteps", type=_parse_timesteps, default=[50])
+    d.add_argument("--max-per-domain", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0, help="image sample and diffusion noise")
+    d.add_argument("--analysis-seed", type=int, default=0, help="k-means, cross-validation split, probe")
+    d.add_argument("--clusters", type=int, default=None, help="pseudo-domains K (default: training domains)")
+    d.add_argument("--out", default="ranking.csv", help="the ranking as CSV")
+    d.add_argument("--domainbed-dir", default=None,
+                   help="where the top setting's pseudo-domain files go (default: <out stem>-domainbed/)")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--dtype", default="auto")
+    d.add_argument("--cache-dir", default=None)
+    d.add_argument("--no-progress", action="store_true")
+
+
+def cmd_report(args) -> int:
+    from core.analysis.report import ReportConfig, build_report, write_report
+
+    fmt = args.format or ("md" if args.out.lower().endswith(".md") else "html")
+    blocks = None if args.blocks.strip() == "all" else tuple(_csv_list(args.blocks))
+    config = ReportConfig(datasets=tuple(args.datasets), models=tuple(args.models), blocks=blocks,
+                          timesteps=tuple(args.timesteps), max_per_domain=args.max_per_domain, seed=args.seed,
+                          n_seeds=args.n_seeds, noise_seeds=tuple(args.noise_seeds), select=args.select,
+                          tsne_points=args.tsne_points, batch_size=args.batch_size)
+    update, close = _progress(not args.no_progress, "report")
+    try:
+        rep = build_report(config, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, progress=update,
+                           command=config.command(args.out, args.format))
+    finally:
+        close()
+    for p in write_report(rep, args.out, fmt, args.plotly_js):
+        print(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
+    print(f"{rep.n_model_images} image(s) went through a model (0 = all from the cache)")
+    return 0
+
+
+def cmd_dg(args) -> int:
+    import pandas as pd
+
+    from core.analysis.dg import export_domainbed, mean_rows, rank_settings
+    from core.data.datasets import load_dataset
+
+    if args.clusters is not None and args.clusters < 2:
+        raise ValueError(f"--clusters must be >= 2, got {args.clusters}")
+    update, close = _progress(not args.no_progress, "dg")
+    try:
+        ranking, results = rank_settings(args.dataset, args.model, args.blocks, args.timesteps,
+                                         max_per_domain=args.max_per_domain, seed=args.seed,
+                                         analysis_seed=args.analysis_seed, n_clusters=args.clusters,
+                                         device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                         cache_dir=args.cache_dir, progress=update)
+    finally:
+        close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ranking.to_csv(out, index=False, float_format="%.4f")
+    top = mean_rows(ranking).iloc[0]
+    t = None if pd.isna(top["timestep"]) else int(top["timestep"])
+    best = results[(top["model"], top["block"], t)]
+    folder = Path(args.domainbed_dir) if args.domainbed_dir else out.with_name(out.stem + "-domainbed")
+    files = export_domainbed(best, folder, load_dataset(args.dataset).root)
+    cols = ["model", "block", "timestep", "heldout_acc", "in_domain_acc", "gap", "heldout_acc_aug", "aug_delta",
+            "landing_entropy_norm", "rank_heldout_acc", "rank_gap"]
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(mean_rows(ranking)[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {out} ({len(ranking)} rows); top setting {best.model} {best.setting}: DomainBed files "
+          f"({len(files)}) in {folder}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -216,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, desc in BUILTINS.items():
                 print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
             return 0
-        return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep}[args.command](args)
+        return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep,
+                "report": cmd_report, "dg": cmd_dg}[args.command](args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

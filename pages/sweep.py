@@ -114,3 +114,7 @@ spec = ui.reproduce_spec(base, list(last["blocks"]), timesteps=list(last["timest
                          prompts=[{"mode": m, "text": t} for m, t in last["prompts"]])
 spec["cli"] = cli
 ui.export_panel("sweep", figs=figs, tables={"sweep": df}, spec=spec, key="sweep-export")
+
+from pages._report import report_button  # noqa: E402
+
+report_button(s, list(last["blocks"]), list(last["timesteps"]), key="sweep_report")

@@ -34,7 +34,12 @@ PAGES = [
 # Less empty space above the page title (wide layout on laptops and projectors).
 st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem;}</style>")
 
-page = st.navigation(PAGES)
+# Our own page links: `client.showSidebarNavigation = false` (.streamlit/config.toml) hides the list Streamlit
+# builds from the pages/ folder on a cold start (it would offer pages/_common.py as a "common" page), and
+# that option hides st.navigation's sidebar menu too, so the menu is drawn here.
+page = st.navigation(PAGES, position="hidden")
+for p in PAGES:
+    st.sidebar.page_link(p, label=p.title, icon=p.icon)
 if ui.sidebar() is None:  # the problem is shown with what to do; the page needs valid settings
     st.stop()
 page.run()

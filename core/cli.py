@@ -6,7 +6,9 @@ The CLI calls the same core functions with the same config objects as the dashbo
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +32,38 @@ def _parse_timesteps(s: str) -> list[int]:
     return out
 
 
+def _check_output(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any extraction runs."""
+    if not path.strip() or "\x00" in path:
+        raise ValueError(f"{flag} needs a file name, got {path!r}")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name inside it, e.g. {p / 'out'}{p.suffix}")
+    a = p.parent
+    while not a.exists() and a != a.parent:
+        a = a.parent
+    if not a.is_dir():
+        raise ValueError(f"{flag} {path!r} cannot be created: {str(a)!r} is a regular file, not a folder; "
+                         "pick another path")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{flag} {path!r} exists and is not a regular file; pick another path")
+    if not os.access(p if p.exists() else a, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: no write permission in {str(a)!r}; pick a folder you can write")
+
+
+def _write_atomic(path: str, write) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename: never a partial output."""
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _add_extraction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic-pacs:heldout",
                    help="built-in name (synthetic-pacs[:train|:heldout], rotated-digits), DomainBed folder or CSV")
@@ -48,9 +82,9 @@ def _add_extraction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-domain", type=int, default=None)
     p.add_argument("--max-per-class", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ensemble", type=int, default=1, help="average over N noise draws")
-    p.add_argument("--resolution", type=int, default=None, help="default: the model's own")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ensemble", type=int, default=1, help="average over N noise draws (1-64)")
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's own (8-2048)")
+    p.add_argument("--batch-size", type=int, default=32, help="1-4096; never changes the numbers")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16")
     p.add_argument("--cache-dir", default=None, help="default: $DOMAINLENS_CACHE_DIR or ~/.cache/domainlens")
@@ -72,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extraction_args(s)
     s.add_argument("--out", default=None, help="write the table as CSV")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI")
+    s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI (1-100)")
     _add_report_parsers(sub)
     return parser
 
@@ -94,9 +128,17 @@ def _progress(enabled: bool, desc: str):
 
 def cmd_validate(args) -> int:
     ds = load_dataset(args.path)
-    print(f"dataset {ds.name}: {len(ds)} images, {len(ds.domains)} domains, {len(ds.classes)} classes")
+    bad = [] if args.no_decode else verify_images(ds.records)
+    bad_ids = {i for i, _ in bad}
+    counts = {d: {c: 0 for c in ds.classes} for d in ds.domains}
+    for r in ds.records:
+        if r.id not in bad_ids:
+            counts[r.domain][r.cls] += 1
+    n_ok = len(ds) - len(bad_ids)
+    decoded = "not decoded (--no-decode)" if args.no_decode else f"{len(bad_ids)} fail to decode"
+    print(f"dataset {ds.name}: {n_ok} usable images ({len(ds)} found, {decoded}), {len(ds.domains)} domains, "
+          f"{len(ds.classes)} classes")
     print(f"root {ds.root}  fingerprint {ds.fingerprint}")
-    counts = ds.counts()
     width = max(len(c) for c in ds.classes)
     print("class".ljust(width) + "  " + "  ".join(d.rjust(max(6, len(d))) for d in ds.domains))
     for c in ds.classes:
@@ -105,12 +147,15 @@ def cmd_validate(args) -> int:
                                                    for d in ds.domains))
     for w in ds.warnings:
         print(f"warning: {w}")
-    skipped = list(ds.skipped)
-    if not args.no_decode:
-        skipped += verify_images(ds.records)
+    skipped = list(ds.skipped) + bad
     print(f"skipped {len(skipped)} file(s)")
     for name, why in skipped:
         print(f"  {name}: {why}")
+    dead = [d for d in ds.domains if not sum(counts[d].values())]
+    if dead:
+        print(f"error: no image of domain(s) {dead} can be decoded; replace or remove the files listed above",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -155,6 +200,12 @@ def cmd_extract(args) -> int:
 
     if args.export and not args.export.endswith(".npz"):
         raise ValueError(f"--export must name a .npz file, got {args.export!r}")
+    if args.export:
+        _check_output(args.export, "--export")  # before extracting, not after
+    from core.engine.limits import check_size
+
+    for name in ("resolution", "ensemble", "batch_size"):  # bounded with the reason, before the model loads
+        check_size(name, getattr(args, name))
     model = load_backbone(args.model, args.device, args.dtype)
     _print_ignored(model, args)
     timesteps = _timesteps(args) if model.uses_timestep else [_timesteps(args)[0]]
@@ -175,13 +226,24 @@ def cmd_extract(args) -> int:
         for name, why in fs.skipped:
             print(f"  skipped {name}: {why}")
     if args.export:
-        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.export, **arrays)
+        _write_atomic(args.export, lambda f: np.savez(f, **arrays))
         print(f"wrote {args.export} ({len(arrays) - 3} feature arrays)")
     return 0
 
 
 def cmd_sweep(args) -> int:
+    from core.engine.limits import check_size
+
+    check_size("n_seeds", args.n_seeds)  # sizes: bounded with the reason, before anything runs
+    check_size("resolution", args.resolution)
+    check_size("ensemble", args.ensemble)
+    check_size("batch_size", args.batch_size)
+    if args.max_per_domain is not None and args.max_per_domain < 2:
+        raise ValueError(f"--max-per-domain {args.max_per_domain}: the scores need at least 2 images per domain "
+                         "(k-means, silhouette and the cross-validated probe compare images); use "
+                         "--max-per-domain 2 or more (20+ for steady scores)")
+    if args.out:
+        _check_output(args.out, "--out")  # before extracting, not after
     import pandas as pd
 
     from core.analysis.sweep import run_sweep
@@ -197,8 +259,7 @@ def cmd_sweep(args) -> int:
     finally:
         close()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False, float_format="%.4f")
+        _write_atomic(args.out, lambda f: f.write(df.to_csv(index=False, float_format="%.4f").encode()))
     if args.json:
         print(df.to_json(orient="records", indent=1))
     else:
@@ -339,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
                 "report": cmd_report, "dg": cmd_dg}[args.command](args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, read-only or missing folders...: a message, never a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        hint = (" The disk is full: free some space (or use --cache-dir on another disk) and run the same command "
+                "again; finished chunks are kept and nothing partial is left." if e.errno == errno.ENOSPC else
+                " Check that the folder exists and can be written, or pass --cache-dir / another output path.")
+        print(f"error: {e.strerror or e}{where}.{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished chunks are cached; run the same command again to resume", file=sys.stderr)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import runpy
 import shlex
 import sys
@@ -89,10 +90,28 @@ def data_roots() -> list[Path]:
     return [Path(r).expanduser().resolve() for r in raw if r.strip()]
 
 
+def _check_typed(typed: str, what: str = "dataset") -> None:
+    if "\x00" in typed or any(ord(ch) < 32 for ch in typed):
+        raise PathNotAllowed(f"The {what} path holds a control character (e.g. a NUL byte), which no file name "
+                             "here can hold; type the path again.")
+    if len(typed) > 4096:
+        raise PathNotAllowed(f"The {what} path is {len(typed):,} characters long (the limit is 4,096); check what "
+                             "was pasted.")
+
+
+def _real(p: Path) -> Path | None:
+    try:
+        return Path(os.path.realpath(p))
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def resolve_inside_roots(typed: str, roots: Sequence[Path]) -> Path:
     """The real path of ``typed`` if it lies inside one of ``roots`` (symlinks and ``..`` resolved first);
-    relative paths are taken relative to each root in turn. Raises :class:`PathNotAllowed` otherwise."""
+    relative paths are taken relative to each root in turn. Raises :class:`PathNotAllowed` otherwise
+    (also for control characters, NUL bytes and paths over 4,096 characters)."""
     typed = typed.strip()
+    _check_typed(typed)
     if not roots:
         raise PathNotAllowed(
             "Typed dataset paths are off because no data roots are configured. Set "
@@ -101,8 +120,8 @@ def resolve_inside_roots(typed: str, roots: Sequence[Path]) -> Path:
     p = Path(typed).expanduser()
     candidates = [p] if p.is_absolute() else [r / p for r in roots]
     for c in candidates:
-        real = c.resolve()
-        if any(real == r or r in real.parents for r in roots):
+        real = _real(c)
+        if real is not None and any(real == r or r in real.parents for r in roots):
             return real
     raise PathNotAllowed(
         f"{typed!r} is outside the data roots ({', '.join(str(r) for r in roots)}); symlinks and '..' are "
@@ -147,11 +166,48 @@ def find_datasets(roots: tuple[str, ...]) -> list[str]:
         for e in children:
             if e.name.startswith("."):
                 continue
-            if e.is_dir() and _looks_like_domainbed(Path(e.path)):
-                found.append(str(Path(e.path).resolve()))
-            elif e.is_file() and e.name.lower().endswith(".csv"):
-                found.append(str(Path(e.path).resolve()))
+            real = _real(Path(e.path))  # resolve first, then check containment (a symlink may point out)
+            if real is None or not any(real == x or x in real.parents for x in map(Path, roots)):
+                continue
+            if real.is_dir() and _looks_like_domainbed(real):
+                found.append(str(real))
+            elif real.is_file() and real.name.lower().endswith(".csv"):
+                found.append(str(real))
     return list(dict.fromkeys(found))
+
+
+def model_roots() -> list[Path]:
+    """Folders a model typed in the app may live in: ``$DOMAINLENS_MODEL_ROOTS`` (``os.pathsep``-separated),
+    else the data roots. Resolved (no symlinks)."""
+    env = os.environ.get("DOMAINLENS_MODEL_ROOTS", "")
+    if env.strip():
+        return [Path(r).expanduser().resolve() for r in env.split(os.pathsep) if r.strip()]
+    return data_roots()
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def resolve_typed_model(typed: str, roots: Sequence[Path]) -> str:
+    """A model typed in the app: a registered name; a folder inside the model roots (resolved, returned as
+    its real path); or a hub id ``owner/name`` (read from the local Hugging Face cache only). Anything else
+    raises :class:`PathNotAllowed` with one message whether or not the path exists outside the roots."""
+    typed = typed.strip()
+    _check_typed(typed, "model")
+    if typed in REGISTERED:
+        return typed
+    p = Path(typed).expanduser()
+    candidates = [p] if p.is_absolute() else [r / p for r in roots]
+    for c in candidates:
+        real = _real(c)
+        if real is not None and any(real == r or r in real.parents for r in roots) and real.is_dir():
+            return str(real)
+    if HUB_ID.fullmatch(typed) and not os.path.lexists(typed):  # else the loader would read it as a folder
+        return typed
+    raise PathNotAllowed(
+        f"{typed!r} is not a model folder inside the model roots ({', '.join(map(str, roots)) or 'none set'}) "
+        "and not a hub id of the form owner/name. Put the model folder under a model root (set "
+        "DOMAINLENS_MODEL_ROOTS, else the data roots are used) and restart the app.")
 
 
 def device_label() -> str:
@@ -316,6 +372,12 @@ def sidebar() -> Settings | None:
     choice = sb.selectbox("Dataset", options, key="dataset", format_func=_dataset_label,
                           help="Built-in sets, DomainBed folders found under the data roots, or a path you type.")
     dataset = choice
+    if choice not in (TYPED_PATH, *_builtin_options()):  # a discovered path: checked again on every run
+        try:
+            dataset = str(resolve_inside_roots(choice, roots))
+        except PathNotAllowed as e:
+            st.error(str(e))
+            return None
     if choice == TYPED_PATH:
         typed = sb.text_input("Folder or CSV manifest path", key="dataset_path",
                               placeholder="/data/PACS or /data/my_set.csv",
@@ -340,6 +402,11 @@ def sidebar() -> Settings | None:
                               placeholder="stabilityai/stable-diffusion-2-1-base or /models/sd21").strip()
         if not model:
             st.info("Type a Hugging Face hub id (already downloaded) or a diffusers model folder in the sidebar.")
+            return None
+        try:
+            model = resolve_typed_model(model, model_roots())
+        except PathNotAllowed as e:
+            st.error(str(e))
             return None
 
     if "max_per_domain" not in st.session_state:
@@ -711,3 +778,7 @@ def npy_bytes(a: np.ndarray) -> bytes:
     np.save(buf, np.asarray(a), allow_pickle=False)
     return buf.getvalue()
 
+
+
+if __name__ == "__main__":  # only when Streamlit runs this file as a page (a cold-start URL /_common): not one
+    st.switch_page(str(APP_PATH))

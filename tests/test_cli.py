@@ -77,11 +77,11 @@ def test_validate_reports_domains_classes_counts_and_skipped(tmp_path, capsys):
     assert main(["validate", str(root)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "12 images, 2 domains, 2 classes" in lines[0]
+    assert "11 usable images (12 found, 1 fail to decode), 2 domains, 2 classes" in lines[0]
     header = next(ln for ln in lines if ln.startswith("class"))
     assert header.split() == ["class", "art", "photo"]
     rows = {ln.split()[0]: ln.split()[1:] for ln in lines if ln.split() and ln.split()[0] in ("cat", "dog", "total")}
-    assert rows == {"cat": ["2", "5"], "dog": ["3", "2"], "total": ["5", "7"]}  # broken.png is listed until decoded
+    assert rows == {"cat": ["2", "5"], "dog": ["2", "2"], "total": ["4", "7"]}  # counts what decodes
     assert "skipped 2 file(s)" in out
     assert "art/dog/broken.png" in out and "cannot decode" in out
     assert "art/dog/readme.txt" in out

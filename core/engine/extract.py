@@ -58,10 +58,10 @@ class ExtractionConfig:
             raise ExtractionError(f"`noise_mode` must be noised or clean, got {self.noise_mode!r}")
         if self.pooling != "mean":
             raise ExtractionError(f"pooling must be 'mean' (the paper's spatial mean), got {self.pooling!r}")
-        if self.ensemble < 1:
-            raise ExtractionError(f"`ensemble` must be >= 1, got {self.ensemble}")
-        if self.resolution is not None and self.resolution < 8:
-            raise ExtractionError(f"`resolution` must be >= 8 pixels, got {self.resolution}")
+        from core.engine.limits import check_size
+
+        check_size("ensemble", self.ensemble)
+        check_size("resolution", self.resolution)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -157,8 +157,9 @@ def get_features(
     Missing chunks are computed in batches of ``batch_size`` (which never changes the numbers) and
     written as they complete, so an interrupted call resumes where it stopped.
     """
-    if batch_size < 1:
-        raise ExtractionError(f"`batch_size` must be >= 1, got {batch_size}")
+    from core.engine.limits import check_memory, check_size
+
+    check_size("batch_size", batch_size)
     model = model or load_backbone(config.model, device, dtype)
     if blocks is None or blocks == "all":
         blocks = list(model.blocks)
@@ -177,6 +178,7 @@ def get_features(
     cache.write_meta(key, {"config": config.to_dict(), "model_identity": model.identity,
                            "dataset_fingerprint": ds.fingerprint, "n_images": len(records)})
     resolution = config.resolution or model.resolution
+    check_memory(resolution, min(len(records), cache.CHUNK), batch_size)  # before decoding anything
     n_chunks = (len(records) + cache.CHUNK - 1) // cache.CHUNK
     done = 0
     total = len(records)
@@ -197,7 +199,7 @@ def get_features(
                     for k, v in old.items():
                         arrays.setdefault(k, v)
                 cache.save_chunk(key, ci, arrays)
-                n_model += len(recs)
+                n_model += len(arrays["ids"])  # images that went through the model, not the skipped
             done += len(recs)
             if progress:
                 progress(done, total)
@@ -205,6 +207,7 @@ def get_features(
     by_id = {r.id: r for r in records}
     ids = [str(i) for c in chunks for i in c["ids"]]
     skipped = [(str(i), str(w)) for c in chunks for i, w in zip(c["skipped_ids"], c["skipped_reasons"])]
+    _check_every_domain_readable(ds, records, ids, skipped)
     feats = {}
     for b in blocks:
         parts = [c[f"f:{b}"] for c in chunks if len(c[f"f:{b}"])]
@@ -214,6 +217,18 @@ def get_features(
         classes=[by_id[i].cls for i in ids], domain_names=list(ds.domains), class_names=list(ds.classes),
         features=feats, skipped=skipped, config=config, cache_key=key, n_unet_images=n_model,
     )
+
+
+def _check_every_domain_readable(ds: Dataset, records, ids, skipped) -> None:
+    """A domain whose every selected image failed to decode would silently drop out of the scores."""
+    idset = set(ids)
+    have = {r.domain for r in records if r.id in idset}
+    lost = sorted({r.domain for r in records} - have)
+    if lost:
+        why = "; ".join(f"{i}: {w}" for i, w in skipped[:3])
+        raise ExtractionError(
+            f"no image of domain(s) {lost} could be read ({why}{' ...' if len(skipped) > 3 else ''}); replace "
+            f"or remove the unreadable files (`python -m core validate {ds.root}` lists them) or drop the domain.")
 
 
 class _LatentMemo:

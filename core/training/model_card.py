@@ -5,6 +5,8 @@ held-out split of each built-in dataset, writes ``<model>/nmi_<dataset>.csv`` an
 between ``<!-- nmi-table:begin -->`` and ``<!-- nmi-table:end -->`` in ``<model>/README.md``.
 The same numbers come from ``python -m core sweep --dataset synthetic-pacs:heldout --timesteps
 10,50,200,500,900 --blocks all --max-per-domain 150``; tests re-check cells of the CSV.
+``--compare-with MODEL`` also replaces the text between ``<!-- comparison:begin -->`` and
+``<!-- comparison:end -->`` with a side-by-side summary of both models' card CSVs (the same images).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CARD_DATASETS = ("synthetic-pacs:heldout", "rotated-digits:heldout")
 CARD_TIMESTEPS = (10, 50, 200, 500, 900)
 CARD_MAX_PER_DOMAIN = 150
 BEGIN, END = "<!-- nmi-table:begin -->", "<!-- nmi-table:end -->"
+CMP_BEGIN, CMP_END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
 
 
 def card_config(dataset: str, model: str = DEFAULT_MODEL) -> ExtractionConfig:
@@ -47,6 +50,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compare-with", default=None, metavar="MODEL",
+                    help="also write a side-by-side section against MODEL's card CSVs (same images)")
     args = ap.parse_args(argv)
     folder, _ = resolve_folder(args.model)
     if folder is None:
@@ -66,8 +71,67 @@ def main(argv=None) -> int:
     block = f"{BEGIN}\n" + "\n".join(parts) + f"{END}"
     text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     card.write_text(text)
+    if args.compare_with:
+        ref_folder = Path(resolve_model_path(args.compare_with)[1])
+        ref_default = load_model(args.compare_with, args.device).default_block
+        write_comparison(card, folder, args.model, model.default_block, ref_folder, args.compare_with, ref_default)
     print(f"updated {card}")
     return 0
+
+
+def comparison_rows(df: pd.DataFrame, default_block: str) -> dict[str, str]:
+    """Summary cells of one model's card table (one dataset), for :func:`comparison_markdown`."""
+    best = df.loc[df["domain_nmi"].idxmax()]
+    best_c = df.loc[df["class_nmi"].idxmax()]
+    d = df[df["block"] == default_block].set_index("timestep")
+    ts = list(d.index)
+    return {
+        "images": f"{int(df['n_images'].iloc[0])}",
+        "default block": f"`{default_block}`",
+        **{f"domain NMI, default block, t={t}": f"{d.loc[t, 'domain_nmi']:.3f}" for t in ts},
+        "best domain NMI (block, t)": f"{best.domain_nmi:.3f} (`{best.block}`, {best.timestep})",
+        "mean domain NMI, all blocks x timesteps": f"{df['domain_nmi'].mean():.3f}",
+        "domain NMI at t=50 > t=900, share of blocks":
+            f"{(df[df.timestep == 50].set_index('block').domain_nmi > df[df.timestep == 900].set_index('block').domain_nmi).mean():.0%}"
+            if {50, 900} <= set(ts) else "n/a",
+        "best class NMI (block, t)": f"{best_c.class_nmi:.3f} (`{best_c.block}`, {best_c.timestep})",
+        "mean class NMI": f"{df['class_nmi'].mean():.3f}",
+        "mean domain probe accuracy": f"{df['domain_probe_acc'].mean():.3f}" if "domain_probe_acc" in df else "n/a",
+    }
+
+
+def comparison_markdown(tables: dict[str, dict[str, pd.DataFrame]], defaults: dict[str, str]) -> str:
+    """``tables[model][dataset]`` card DataFrames -> one side-by-side markdown table per dataset."""
+    models = list(tables)
+    out = []
+    for ds in CARD_DATASETS:
+        rows = {m: comparison_rows(tables[m][ds], defaults[m]) for m in models}
+        keys = list(dict.fromkeys(k for m in models for k in rows[m]))
+        lines = [f"**{ds}**", "", "| | " + " | ".join(f"`{m}`" for m in models) + " |",
+                 "|---|" + "---|" * len(models)]
+        lines += ["| " + k + " | " + " | ".join(rows[m].get(k, "") for m in models) + " |" for k in keys]
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
+
+
+def write_comparison(card: Path, folder: Path, name: str, default_block: str, ref_folder: Path, ref_name: str,
+                     ref_default: str) -> str:
+    """Replace the text between the comparison markers of ``card`` with tables built from both models' card
+    CSVs (which are computed on the same images: same datasets, max_per_domain and seed)."""
+    tables = {m: {ds: pd.read_csv(csv_path(f, ds)) for ds in CARD_DATASETS}
+              for m, f in ((name, folder), (ref_name, ref_folder))}
+    for ds in CARD_DATASETS:
+        n = {m: int(tables[m][ds]["n_images"].iloc[0]) for m in tables}
+        if len(set(n.values())) != 1:
+            raise SystemExit(f"the two cards were computed on different image sets for {ds}: {n}")
+    md = comparison_markdown(tables, {name: default_block, ref_name: ref_default})
+    text = card.read_text()
+    if CMP_BEGIN not in text:
+        text += f"\n{CMP_BEGIN}\n{CMP_END}\n"
+    block = f"{CMP_BEGIN}\n{md}{CMP_END}"
+    text = re.sub(re.escape(CMP_BEGIN) + ".*?" + re.escape(CMP_END), lambda _: block, text, flags=re.S)
+    card.write_text(text)
+    return md
 
 
 if __name__ == "__main__":

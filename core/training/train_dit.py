@@ -59,7 +59,7 @@ class DiTConfig:
 
     seed: int = 0
     batch_size: int = 32
-    steps: int = 1800
+    steps: int = 1000
     # transformer (DiT-XL/2 is 28 blocks, 16 heads x 72, patch 2; this is a scaled-down DiT-?/2)
     num_layers: int = 12
     num_attention_heads: int = 4

@@ -90,18 +90,18 @@ def test_denoising_loss_beats_fresh_init(transformer, heldout, t):
 
 def test_domain_nmi_t50_above_t900_through_the_product_path():
     """The paper's finding for the default block, through get_features(ExtractionConfig(model=NAME))."""
-    try:
-        import core.backbones.dit  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the DiT backbone (core/backbones/dit.py, branch `families`) is not importable yet: {e}")
     from core.analysis.metrics import score_features
+    from core.backbones.registry import load_backbone
     from core.engine.extract import ExtractionConfig, get_features
 
+    model = load_backbone(NAME, "cpu")
+    assert model.family == "dit" and model.default_layer == "transformer_blocks.6"
+    assert model.conditioning.null_class == 16
     nmi = {}
     for t in (50, 900):
         fs = get_features(ExtractionConfig(dataset="synthetic-pacs:heldout", model=NAME, timestep=t,
-                                           max_per_domain=30, seed=0), None, device="cpu")
-        (block,) = fs.features
+                                           max_per_domain=30, seed=0), [model.default_layer], device="cpu")
+        block = model.default_layer
         s = score_features(fs.features[block], fs.domain_labels, fs.class_labels, n_seeds=3, probe=False)
         nmi[t] = s.domain_nmi
     assert nmi[50] > nmi[900], nmi

@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     card.write_text(text)
     if args.compare_with:
-        ref_folder = Path(resolve_model_path(args.compare_with)[1])
-        ref_default = load_model(args.compare_with, args.device).default_block
+        ref_folder = resolve_folder(args.compare_with)[0]
+        ref_default = load_backbone(args.compare_with, args.device).default_block
         write_comparison(card, folder, args.model, model.default_block, ref_folder, args.compare_with, ref_default)
     print(f"updated {card}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -31,8 +30,9 @@ def _run(out, data_dir, seed: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return os.environ.get("DOMAINLENS_DATA_HOME") or str(tmp_path_factory.mktemp("dl_data"))
+def data_dir(builtin_data_home):
+    """The session's built-in datasets (generated once per test session, shared with the other tests)."""
+    return str(builtin_data_home)
 
 
 @pytest.fixture(scope="module")

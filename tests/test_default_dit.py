@@ -18,7 +18,7 @@ from core.training.train_dit import DEFAULT_VAE, denoising_loss, heldout_latents
 ROOT = Path(__file__).resolve().parents[1]
 DIT = ROOT / "models" / "domainlens-tiny-dit"
 NAME = "domainlens-tiny-dit"
-STRIDE = 8  # every 8th held-out image: 263 of 2099, all domains and classes of both datasets
+PER_DATASET = 48  # a stratified, seeded subsample: 96 held-out images, all domains and classes of both datasets
 
 
 def _sizes(folder: Path) -> dict[str, int]:
@@ -38,10 +38,10 @@ def heldout(builtin_data_home, transformer):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(DIT), subfolder="vae", use_safetensors=True).eval()
-    data = load_images(HELDOUT_SETS, builtin_data_home)
+    data = load_images(HELDOUT_SETS, builtin_data_home, max_per_dataset=PER_DATASET, seed=0)
     classes = [json.loads((DIT / "model_index.json").read_text())["id2label"][str(i)]
                for i in range(transformer.config.num_embeds_ada_norm)]
-    return heldout_latents(vae, data, classes, stride=STRIDE)
+    return heldout_latents(vae, data, classes)
 
 
 def test_shipped_dit_folder_layout_and_size():
@@ -81,9 +81,9 @@ def test_denoising_loss_beats_fresh_init(transformer, heldout, t):
     lat, labels = heldout
     torch.manual_seed(0)
     fresh = DiTTransformer2DModel.from_config(transformer.config).eval()
+    baseline = denoising_loss(fresh, lat, labels, sched, t)
     for y in (labels, torch.full_like(labels, transformer.config.num_embeds_ada_norm)):
         trained = denoising_loss(transformer, lat, y, sched, t)
-        baseline = denoising_loss(fresh, lat, y, sched, t)
         assert trained <= 0.7 * baseline, (trained, baseline)
         assert trained < 0.3, trained
 

@@ -18,7 +18,7 @@ from core.training.train_dit import DEFAULT_VAE, denoising_loss, heldout_latents
 ROOT = Path(__file__).resolve().parents[1]
 DIT = ROOT / "models" / "domainlens-tiny-dit"
 NAME = "domainlens-tiny-dit"
-PER_DATASET = 48  # a stratified, seeded subsample: 96 held-out images, all domains and classes of both datasets
+PER_DATASET = 32  # a stratified, seeded subsample: 64 held-out images, all domains and classes of both datasets
 
 
 def _sizes(folder: Path) -> dict[str, int]:
@@ -100,7 +100,7 @@ def test_domain_nmi_t50_above_t900_through_the_product_path():
     nmi = {}
     for t in (50, 900):
         fs = get_features(ExtractionConfig(dataset="synthetic-pacs:heldout", model=NAME, timestep=t,
-                                           max_per_domain=30, seed=0), [model.default_layer], device="cpu")
+                                           max_per_domain=20, seed=0), [model.default_layer], device="cpu")
         block = model.default_layer
         s = score_features(fs.features[block], fs.domain_labels, fs.class_labels, n_seeds=3, probe=False)
         nmi[t] = s.domain_nmi

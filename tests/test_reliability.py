@@ -15,6 +15,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -711,7 +712,9 @@ def test_app_sidebar_links_and_bad_typed_paths_show_messages(tmp_path, monkeypat
     at.run()
     assert not at.exception
     links = [e.proto.label for e in at.sidebar.get("page_link")]
-    assert links == ["Explore", "Sweep", "Compare", "Pseudo-domains"]
+    # exactly the pages app.py declares (in order), and nothing else such as pages/_common.py
+    declared = re.findall(r'st\.Page\("pages/[a-z_]+\.py", title="([^"]+)"', (REPO / "app.py").read_text())
+    assert links == declared and links[:4] == ["Explore", "Sweep", "Compare", "Pseudo-domains"]
     for typed, fragment in (("a\x00b", "NUL byte"), ("y" * 5000, "5,000 characters")):
         at.sidebar.text_input(key="dataset_path").input(typed).run()
         assert not at.exception and any(fragment in e.value for e in at.error), [e.value for e in at.error]

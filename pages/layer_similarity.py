@@ -29,7 +29,8 @@ st.caption("Which layers see the images alike? Centred kernel alignment (CKA; Ko
 
 c_blocks, c_times, c_opts = st.columns([5, 4, 3], gap="large")
 ui.ensure_state("cka_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
-blocks = [b for b in model.blocks if b in c_blocks.multiselect("Blocks", model.blocks, key="cka_blocks")]
+picked = c_blocks.multiselect("Blocks", model.blocks, key="cka_blocks")
+blocks = [b for b in model.blocks if b in picked]
 timesteps: list[int] = [ui.DEFAULT_TIMESTEP]
 if model.uses_timestep:
     choices = clip_timesteps(TIMESTEP_CHOICES, model.num_train_timesteps)

@@ -29,7 +29,8 @@ if not model.uses_prompt:
 
 c_blocks, c_time, c_const = st.columns([5, 3, 4], gap="large")
 ui.ensure_state("audit_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
-blocks = [b for b in model.blocks if b in c_blocks.multiselect("Blocks", model.blocks, key="audit_blocks")]
+picked = c_blocks.multiselect("Blocks", model.blocks, key="audit_blocks")
+blocks = [b for b in model.blocks if b in picked]
 hi = model.num_train_timesteps - 1
 ui.ensure_state("audit_timestep", lambda v: isinstance(v, int) and 0 <= v <= hi, min(ui.DEFAULT_TIMESTEP, hi))
 timestep = c_time.slider("Timestep", 0, hi, key="audit_timestep")

@@ -185,35 +185,6 @@ def tiny_model(tiny_sd_dir):
     return load(str(tiny_sd_dir))
 
 
-def test_core_views_on_the_tiny_model(tiny_sd_dir, tiny_model):
-    from core.analysis.filmstrip import block_strip, timestep_strip
-    from core.analysis.prompt_audit import leakage, prompt_audit
-    from core.analysis.stability import stability
-    from core.analysis.sweep import cached_scores
-    from core.engine.extract import get_features
-
-    cfg = ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N)
-    strip = timestep_strip(cfg, "up_blocks.1", [0, 50, 5000], model=tiny_model)
-    assert strip.values == [0, 50, 999]  # clipped to the model's range
-    fs = get_features(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N, timestep=999),
-                      model=tiny_model)
-    assert strip.scores["domain_nmi"].iloc[2] == pytest.approx(cached_scores(fs, "up_blocks.1").domain_nmi)
-    walk = block_strip(cfg, None, model=tiny_model)
-    assert walk.values == list(tiny_model.blocks) and len(walk.embeddings) == len(tiny_model.blocks)
-
-    st = stability(cfg, "up_blocks.1", noise_seeds=2, ensembles=(1, 2), kmeans_seeds=3, bootstraps=2, n_seeds=2,
-                   model=tiny_model)
-    assert st.summary["n"].tolist() == [2, 2, 3, 2] and np.isfinite(st.draws["domain_nmi"]).all()
-    # noise seed 0 and ensemble 1 are the same features: the same number
-    d = st.draws.set_index(["source", "setting"])["domain_nmi"]
-    assert d[("noise seed", 0)] == pytest.approx(d[("ensemble size", 1)])
-
-    df = prompt_audit(cfg, ["up_blocks.1"], model=tiny_model)
-    assert list(df["condition"]) == ["empty", "class template", "domain template", "wrong class", "constant"]
-    assert df["prompt"].iloc[2] == "a {domain} of an object" and len(set(df["domain_nmi"])) > 1
-    assert set(leakage(df).columns) == {"block", "domain_leak", "class_leak"}
-
-
 def test_cli_views_write_csv_html_and_config(tiny_sd_dir, tmp_path, capsys):
     from core.cli import main
 
@@ -262,14 +233,17 @@ def _clean(at):
 
 
 def test_filmstrip_page_matches_core(app, tiny_sd_dir, tiny_model):
-    from core.analysis.filmstrip import timestep_strip
+    from core.analysis.filmstrip import block_strip, timestep_strip
+    from core.analysis.sweep import cached_scores
+    from core.engine.extract import get_features
     from core.views_figures import frame_positions
 
     app.session_state["strip_timesteps"] = [0, 50, 999]
     at = app.switch_page("pages/filmstrip.py").run()
     _clean(at)
     ref = timestep_strip(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N),
-                         "up_blocks.1", [0, 50, 999], model=tiny_model)
+                         "up_blocks.1", [0, 50, 5000], model=tiny_model)
+    assert ref.values == [0, 50, 999]  # clipped to the model's range
     (fig,) = _charts(at)
     assert len(fig.frames) == 3
     np.testing.assert_allclose(frame_positions(fig, 2), ref.embeddings[2], rtol=1e-4, atol=1e-5)
@@ -287,6 +261,13 @@ def test_filmstrip_page_matches_core(app, tiny_sd_dir, tiny_model):
     at.radio(key="strip_mode").set_value("block").run()  # walk down the UNet
     _clean(at)
     assert len(_charts(at)[0].frames) == len(tiny_model.blocks)
+    walk = block_strip(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N), None,
+                       model=tiny_model)
+    assert walk.values == list(tiny_model.blocks)
+    fs = get_features(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N), model=tiny_model)
+    assert walk.scores["domain_nmi"].iloc[0] == pytest.approx(cached_scores(fs, walk.values[0]).domain_nmi)
+    r = walk.scores.iloc[walk.values.index("up_blocks.1")]
+    assert {x.label: x.value for x in at.metric}["Domain NMI"] == f"{r['domain_nmi']:.3f} ± {r['domain_nmi_std']:.3f}"
 
 
 def test_layer_similarity_page_matches_core(app, tiny_sd_dir, tiny_model):
@@ -312,7 +293,7 @@ def test_layer_similarity_page_matches_core(app, tiny_sd_dir, tiny_model):
 
 
 def test_stability_and_prompt_audit_pages_match_core(app, tiny_sd_dir, tiny_model):
-    from core.analysis.prompt_audit import prompt_audit
+    from core.analysis.prompt_audit import leakage, prompt_audit
     from core.analysis.stability import spread_sentence, stability
 
     for k, v in {"stab_noise_seeds": 2, "stab_ensembles": [1, 2], "stab_kmeans_seeds": 3,
@@ -326,13 +307,31 @@ def test_stability_and_prompt_audit_pages_match_core(app, tiny_sd_dir, tiny_mode
     assert {x.label: x.value for x in at.metric}["Paper's single draw"] == f"{ref.reference:.3f}"
     np.testing.assert_allclose(at.dataframe[0].value["spread"].to_numpy(float), ref.summary["spread"].to_numpy(float))
     assert at.warning[0].value == spread_sentence(ref.summary, 0.0)  # no difference is wider than chance
+    d = ref.draws.set_index(["source", "setting"])["domain_nmi"]
+    assert d[("noise seed", 0)] == pytest.approx(d[("ensemble size", 1)])  # the same features
+    assert ref.summary["n"].tolist() == [2, 2, 3, 2] and np.isfinite(ref.draws["domain_nmi"]).all()
 
     app.session_state["audit_blocks"] = ["up_blocks.1"]
     at.switch_page("pages/prompt_audit.py").run()
     _clean(at)
     df = prompt_audit(cfg, ["up_blocks.1"], model=tiny_model)
+    assert list(df["condition"]) == ["empty", "class template", "domain template", "wrong class", "constant"]
+    assert df["prompt"].iloc[2] == "a {domain} of an object" and df["domain_nmi"].nunique() > 1
     shown = at.dataframe[0].value
     assert list(shown["condition"]) == list(df["condition"])
     np.testing.assert_allclose(shown["domain_nmi"].to_numpy(float), df["domain_nmi"].to_numpy(float))
     np.testing.assert_allclose(shown["class_nmi"].to_numpy(float), df["class_nmi"].to_numpy(float))
     assert any("python -m core prompt-audit" in c.value for c in at.code)
+    leak = leakage(df)
+    assert {x.label: x.value for x in at.metric}["Largest domain leakage"] == f"{leak['domain_leak'].max():+.3f}"
+
+
+def test_view_benchmarks_produce_rows(tmp_path):
+    from bench.suite import Ctx
+    from bench.views import bench_cka, bench_filmstrip
+
+    ctx = Ctx(quick=True, work=tmp_path, log=lambda m: None)
+    out = bench_filmstrip(ctx, n=120, frames=3, dim=16, reps=1)
+    assert [r["unit"] for r in out["rows"]] == ["s", "s", "s"] and out["details"]["json_bytes"] > 0
+    out = bench_cka(ctx, n=60, timesteps=2, sd=False, reps=1)
+    assert len(out["rows"]) == 2 and all(r["value"] >= 0 for r in out["rows"])

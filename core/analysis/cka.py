@@ -142,7 +142,7 @@ def _reduce(X: np.ndarray, max_dim: int | None, seed: int) -> np.ndarray:
 
 def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray] | None = None, *,
                debiased: bool = False, max_dim: int | None = None, seed: int = 0,
-               dtype=np.float64) -> tuple[np.ndarray, list[str], list[str]]:
+               dtype=None) -> tuple[np.ndarray, list[str], list[str]]:
     """CKA between every layer of ``layers`` and every layer of ``others`` (default: ``layers`` itself).
 
     Parameters
@@ -151,7 +151,8 @@ def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray
     debiased : Song et al.'s unbiased HSIC (:func:`debiased_cka`) instead of :func:`linear_cka`
     max_dim : project each layer with more features onto its ``max_dim`` leading principal components
         first (randomized SVD, seeded); None = exact
-    dtype : float64 (default) or float32 (about twice as fast for large grids)
+    dtype : float64 or float32 (about twice as fast); default float64 up to 4096 features over all layers
+        (after ``max_dim``), float32 above (products summed in float64)
 
     Returns
     -------
@@ -163,6 +164,8 @@ def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray
     rows = list(layers)
     cols = list(others) if others is not None else rows
     src = {**{("a", k): v for k, v in layers.items()}, **{("b", k): v for k, v in (others or {}).items()}}
+    dims = sum(min(np.shape(A)[1] if np.ndim(A) == 2 else 1, max_dim or np.inf) for A in src.values())
+    dtype = dtype or (np.float64 if dims <= 4096 else np.float32)
     n = None
     mats: dict = {}
     for key, A in src.items():

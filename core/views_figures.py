@@ -14,9 +14,18 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures import WEBGL_ABOVE, _base_layout, color_for, shared_ranges
+from core.figures import FONT, WEBGL_ABOVE, _base_layout, color_for, shared_ranges
 
 DOMAIN_COLOUR, CLASS_COLOUR = "#0072B2", "#D55E00"
+
+
+def _plotly_white() -> dict:
+    import plotly.io as pio
+
+    return pio.templates["plotly_white"].to_plotly_json()
+
+
+_BASE_TEMPLATE = _plotly_white()
 
 
 # ------------------------------------------------------------------------------------------ film strip
@@ -28,7 +37,9 @@ def strip_figure(strip, colour: str = "domain", active: int = 0, *, title: str |
     NMI per frame (right) with a marker on the current frame. Frames, slider and play / pause buttons are
     Plotly's own, so the browser animates without asking the server.
 
-    ``strip`` is a :class:`core.analysis.filmstrip.Strip`; ``active`` the frame shown first.
+    ``strip`` is a :class:`core.analysis.filmstrip.Strip`; ``active`` the frame shown first. Built as plain
+    data and wrapped without Plotly's per-property validation (the figure is the same; at 5k points x 9
+    frames validation alone took longer than the 0.5 s a frame switch may cost; bench 10).
     """
     n_frames = len(strip.values)
     if not 0 <= active < n_frames:
@@ -38,50 +49,53 @@ def strip_figure(strip, colour: str = "domain", active: int = 0, *, title: str |
     cats = [c for c in cats if np.any(labels == c)]
     n = len(labels)
     webgl = n > WEBGL_ABOVE
-    trace_cls = go.Scattergl if webgl else go.Scatter
+    ptype = "scattergl" if webgl else "scatter"
     size = 10 if n <= 300 else 7 if n <= 2000 else 4
     hover = np.asarray([f"<b>{d}</b> · {c}<br>{i}" for d, c, i in zip(strip.domains, strip.classes, strip.ids)],
                        dtype=object)
     idx = [np.flatnonzero(labels == c) for c in cats]
+    embs = [np.asarray(e, dtype=np.float32) for e in strip.embeddings]
     frame_labels = strip.labels
     sc = strip.scores
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.08,
-                        subplot_titles=("", "NMI per frame"))
-    emb = strip.embeddings[active]
+    emb = embs[active]
+    data: list[dict] = []
     for k, (c, ii) in enumerate(zip(cats, idx)):
-        fig.add_trace(trace_cls(x=emb[ii, 0], y=emb[ii, 1], mode="markers", name=str(c), legendgroup="pts",
-                                marker=dict(size=size, color=color_for(k), opacity=0.85,
-                                            line=dict(width=0.5, color="white")),
-                                customdata=ii.reshape(-1, 1), hovertext=hover[ii].tolist(),
-                                hovertemplate="%{hovertext}<extra></extra>"), row=1, col=1)
+        data.append(dict(type=ptype, x=emb[ii, 0], y=emb[ii, 1], mode="markers", name=str(c), legendgroup="pts",
+                         xaxis="x", yaxis="y", marker=dict(size=size, color=color_for(k), opacity=0.85,
+                                                           line=dict(width=0.5, color="white")),
+                         customdata=ii.reshape(-1, 1), hovertext=hover[ii].tolist(),
+                         hovertemplate="%{hovertext}<extra></extra>"))
     for col, name, colr in (("domain_nmi", "domain NMI", DOMAIN_COLOUR), ("class_nmi", "class NMI", CLASS_COLOUR)):
-        fig.add_trace(go.Scatter(x=frame_labels, y=sc[col], mode="lines+markers", name=name,
-                                 line=dict(color=colr, width=3), marker=dict(size=7),
-                                 error_y=dict(type="data", array=sc[f"{col}_std"], visible=True, thickness=1),
-                                 hovertemplate=f"{name} %{{y:.3f}}<br>%{{x}}<extra></extra>"), row=1, col=2)
+        data.append(dict(type="scatter", x=frame_labels, y=sc[col].to_numpy(float), mode="lines+markers", name=name,
+                         xaxis="x2", yaxis="y2", line=dict(color=colr, width=3), marker=dict(size=7),
+                         error_y=dict(type="data", array=sc[f"{col}_std"].to_numpy(float), visible=True, thickness=1),
+                         hovertemplate=f"{name} %{{y:.3f}}<br>%{{x}}<extra></extra>"))
     marker_traces = []
     for col, colr in (("domain_nmi", DOMAIN_COLOUR), ("class_nmi", CLASS_COLOUR)):
-        marker_traces.append(len(fig.data))
-        fig.add_trace(go.Scatter(x=[frame_labels[active]], y=[sc[col].iloc[active]], mode="markers",
-                                 showlegend=False, hoverinfo="skip",
-                                 marker=dict(size=18, symbol="circle-open", color=colr, line=dict(width=3))),
-                      row=1, col=2)
+        marker_traces.append(len(data))
+        data.append(dict(type="scatter", x=[frame_labels[active]], y=[float(sc[col].iloc[active])], mode="markers",
+                         xaxis="x2", yaxis="y2", showlegend=False, hoverinfo="skip",
+                         marker=dict(size=18, symbol="circle-open", color=colr, line=dict(width=3))))
     frames = []
     for f in range(n_frames):
-        e = strip.embeddings[f]
-        data = [go.Scatter(x=e[ii, 0], y=e[ii, 1]) if not webgl else go.Scattergl(x=e[ii, 0], y=e[ii, 1]) for ii in idx]
-        data += [go.Scatter(x=[frame_labels[f]], y=[sc[col].iloc[f]]) for col in ("domain_nmi", "class_nmi")]
-        frames.append(go.Frame(name=frame_labels[f], data=data, traces=list(range(len(idx))) + marker_traces))
-    fig.frames = frames
-    xr, yr = shared_ranges(*strip.embeddings)
-    fig.update_xaxes(range=xr, showticklabels=False, zeroline=False, row=1, col=1)
-    fig.update_yaxes(range=yr, showticklabels=False, zeroline=False, row=1, col=1)
-    fig.update_xaxes(type="category", title=strip.axis, row=1, col=2)
-    fig.update_yaxes(range=[0, max(1.0, float(np.nanmax(sc[["domain_nmi", "class_nmi"]].to_numpy())) * 1.05)],
-                     title="NMI", row=1, col=2)
+        e = embs[f]
+        fd = [dict(type=ptype, x=e[ii, 0], y=e[ii, 1]) for ii in idx]
+        fd += [dict(type="scatter", x=[frame_labels[f]], y=[float(sc[col].iloc[f])]) for col in ("domain_nmi", "class_nmi")]
+        frames.append(dict(name=frame_labels[f], data=fd, traces=list(range(len(idx))) + marker_traces))
+    xr, yr = shared_ranges(*embs)
+    ymax = max(1.0, float(np.nanmax(sc[["domain_nmi", "class_nmi"]].to_numpy(float))) * 1.05)
     anim = dict(mode="immediate", frame=dict(duration=0, redraw=webgl), transition=dict(duration=0))
-    fig.update_layout(
-        sliders=[dict(active=active, x=0.0, len=0.66, y=-0.02, yanchor="top", pad=dict(t=30),
+    layout = dict(
+        template=go.layout.Template(_BASE_TEMPLATE), font=FONT, height=height,
+        title=dict(text=title or "", x=0.0, xanchor="left"), hoverlabel=dict(font_size=14),
+        margin=dict(l=10, r=10, t=80 if title else 50, b=90),
+        xaxis=dict(domain=[0.0, 0.62], range=xr, showticklabels=False, zeroline=False, anchor="y"),
+        yaxis=dict(range=yr, showticklabels=False, zeroline=False, anchor="x"),
+        xaxis2=dict(domain=[0.70, 1.0], type="category", title=dict(text=strip.axis), anchor="y2"),
+        yaxis2=dict(range=[0, ymax], title=dict(text="NMI"), anchor="x2"),
+        annotations=[dict(text="NMI per frame", x=0.85, y=1.0, xref="paper", yref="paper", xanchor="center",
+                          yanchor="bottom", showarrow=False, font=dict(size=16))],
+        sliders=[dict(active=active, x=0.0, len=0.62, y=-0.02, yanchor="top", pad=dict(t=30),
                       currentvalue=dict(prefix=f"{strip.axis}: " if strip.axis == "block" else "", font=dict(size=15)),
                       steps=[dict(method="animate", label=lab, args=[[lab], anim]) for lab in frame_labels])],
         updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="right", yanchor="top",
@@ -94,9 +108,7 @@ def strip_figure(strip, colour: str = "domain", active: int = 0, *, title: str |
         legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0.0),
         uirevision="keep",
     )
-    _base_layout(fig, title, height)
-    fig.update_layout(margin=dict(l=10, r=10, t=80 if title else 50, b=90))
-    return fig
+    return go.Figure(dict(data=data, layout=layout, frames=frames), _validate=False)
 
 
 def frame_positions(fig: go.Figure, frame: int) -> np.ndarray:

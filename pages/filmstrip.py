@@ -63,7 +63,8 @@ else:
     strip = memo_run(key, block_strip, config, None, reduction, model=model, device=s.device, dataset=ds)
 
 labels = strip.labels
-ui.ensure_state("strip_frame", lambda v: v in labels, labels[0])
+preferred = model.default_block if mode == "block" else f"t = {ui.DEFAULT_TIMESTEP}"
+ui.ensure_state("strip_frame", lambda v: v in labels, preferred if preferred in labels else labels[0])
 frame_label = st.select_slider("Frame", options=labels, key="strip_frame")
 k = labels.index(frame_label)
 row = strip.scores.iloc[k]

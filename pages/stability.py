@@ -21,14 +21,16 @@ st.caption("How much of a score is chance? The domain NMI of one setting, recomp
            "protocol: one noise draw, one k-means run.")
 
 c_block, c_time, c_prompt = st.columns([5, 4, 4], gap="large")
-block, timestep, prompt = ui.setting_controls(model, prefix="stab_", columns=(c_block, c_time, c_prompt))
+controls = ui.setting_controls(model, prefix="stab_", columns=(c_block, c_time, c_prompt))
+block, timestep, prompt = controls[:3]
+cond = controls[3] if len(controls) > 3 else {}  # class label / noise mode where the backbone seam has them
 c1, c2, c3, c4 = st.columns(4)
 noise_seeds = int(c1.number_input("Noise seeds", 1, 50, 5, key="stab_noise_seeds"))
 ensembles = sorted(c2.multiselect("Ensemble sizes", [1, 2, 4, 8, 16], [1, 2, 4, 8], key="stab_ensembles")) or [1]
 kmeans_seeds = int(c3.number_input("k-means seeds", 1, 100, 10, key="stab_kmeans_seeds"))
 bootstraps = int(c4.number_input("Bootstrap resamples", 0, 200, 20, key="stab_bootstraps"))
 
-config = s.extraction(timestep, prompt)
+config = s.extraction(timestep, prompt, **cond)
 params = dict(noise_seeds=noise_seeds, ensembles=ensembles, kmeans_seeds=kmeans_seeds, bootstraps=bootstraps)
 key = request_key("stability", s, config, block=block, **params)
 res = memo_run(key, stability, config, block, **params, model=model, device=s.device,

@@ -189,7 +189,7 @@ def test_cli_views_write_csv_html_and_config(tiny_sd_dir, tmp_path, capsys):
     from core.cli import main
 
     common = ["--model", str(tiny_sd_dir), "--max-per-domain", str(N), "--no-progress"]
-    assert main(["cka", *common, "--timesteps", "10,50", "--blocks", "mid_block,up_blocks.1", "--debiased",
+    assert main(["cka", *common, "--timesteps", "50", "--blocks", "mid_block,up_blocks.1", "--debiased",
                  "--out", str(tmp_path / "cka")]) == 0
     out = tmp_path / "cka"
     assert {p.name for p in out.iterdir()} == {"cka.csv", "cka_matrix.csv", "cka.html", "config.json"}
@@ -198,11 +198,11 @@ def test_cli_views_write_csv_html_and_config(tiny_sd_dir, tmp_path, capsys):
     import pandas as pd
 
     long = pd.read_csv(out / "cka.csv")
-    assert len(long) == 16 and np.allclose(long.loc[long["row"] == long["col"], "cka"], 1.0)
-    assert main(["filmstrip", *common, "--timesteps", "0,50", "--out", str(tmp_path / "fs")]) == 0
+    assert len(long) == 4 and np.allclose(long.loc[long["row"] == long["col"], "cka"], 1.0)
+    assert main(["filmstrip", *common, "--timesteps", "50", "--out", str(tmp_path / "fs")]) == 0
     assert (tmp_path / "fs" / "filmstrip.html").stat().st_size > 0
     spec = json.loads((tmp_path / "fs" / "config.json").read_text())
-    assert "--timesteps 0,50" in spec["cli"] and spec["block"] == "up_blocks.1"
+    assert "--timesteps 50" in spec["cli"] and spec["block"] == "up_blocks.1"
     assert main(["filmstrip", "--model", "pixels", "--out", str(tmp_path / "x"), "--max-per-domain", "3",
                  "--no-progress"]) == 2  # a baseline has no timestep: a clear error, not a traceback
     assert "no timestep" in capsys.readouterr().err
@@ -248,7 +248,7 @@ def test_filmstrip_page_matches_core(app, tiny_sd_dir, tiny_model):
     assert len(fig.frames) == 3
     np.testing.assert_allclose(frame_positions(fig, 2), ref.embeddings[2], rtol=1e-4, atol=1e-5)
     m = {x.label: x.value for x in at.metric}
-    r = ref.scores.iloc[0]
+    r = ref.scores.iloc[1]  # the first frame shown is t = 50 (the paper's timestep)
     assert m["Domain NMI"] == f"{r['domain_nmi']:.3f} ± {r['domain_nmi_std']:.3f}"
     at.select_slider(key="strip_frame").set_value("t = 999").run()
     _clean(at)
@@ -326,12 +326,10 @@ def test_stability_and_prompt_audit_pages_match_core(app, tiny_sd_dir, tiny_mode
     assert {x.label: x.value for x in at.metric}["Largest domain leakage"] == f"{leak['domain_leak'].max():+.3f}"
 
 
-def test_view_benchmarks_produce_rows(tmp_path):
+def test_cka_benchmark_produces_rows(tmp_path):
     from bench.suite import Ctx
-    from bench.views import bench_cka, bench_filmstrip
+    from bench.views import bench_cka
 
     ctx = Ctx(quick=True, work=tmp_path, log=lambda m: None)
-    out = bench_filmstrip(ctx, n=120, frames=3, dim=16, reps=1)
-    assert [r["unit"] for r in out["rows"]] == ["s", "s", "s"] and out["details"]["json_bytes"] > 0
-    out = bench_cka(ctx, n=60, timesteps=2, sd=False, reps=1)
+    out = bench_cka(ctx, n=40, timesteps=1, sd=False, reps=1)
     assert len(out["rows"]) == 2 and all(r["value"] >= 0 for r in out["rows"])

@@ -60,7 +60,7 @@ def strip_figure(strip, colour: str = "domain", active: int = 0, *, title: str |
     emb = embs[active]
     data: list[dict] = []
     for k, (c, ii) in enumerate(zip(cats, idx)):
-        data.append(dict(type=ptype, x=emb[ii, 0], y=emb[ii, 1], mode="markers", name=str(c), legendgroup="pts",
+        data.append(dict(type=ptype, x=emb[ii, 0], y=emb[ii, 1], mode="markers", name=str(c),
                          xaxis="x", yaxis="y", marker=dict(size=size, color=color_for(k), opacity=0.85,
                                                            line=dict(width=0.5, color="white")),
                          customdata=ii.reshape(-1, 1), hovertext=hover[ii].tolist(),

@@ -74,7 +74,8 @@ fig = cka_heatmap(M, rows, cols, measure=measure,
 st.plotly_chart(fig, key="cka_heatmap", theme=None, config=ui.PLOT_CONFIG)
 if max_dim:
     st.caption(f"Many features: each layer was first projected on its {max_dim} leading principal components "
-               "(CKA weights directions by their squared variance, so this stays close to the exact value).")
+               "(an approximation: CKA weights directions by their squared variance, so it is close when a few "
+               "directions dominate, and off by up to ~0.1 when a layer's variance is spread thinly; bench 11).")
 long = pd.DataFrame([{"row": r, "col": c, "cka": float(M[i, j])} for i, r in enumerate(rows) for j, c in enumerate(cols)])
 wide = pd.DataFrame(M, index=rows, columns=cols).reset_index(names="layer")
 with st.expander("Table"):

@@ -12,8 +12,9 @@ length-``n`` vectors (the unbiased estimator's terms rewritten with ``K = X X^T`
 ``1^T K~ L~ 1 = (X X^T 1 - r_x) . (Y Y^T 1 - r_y)``, with ``K~`` the Gram with a zero diagonal).
 
 :func:`cka_matrix` fills a whole layer x layer table from one stacked product; ``max_dim`` first projects
-each layer onto its leading principal components (CKA weights directions by their squared variance, so
-a few dozen components keep it close; bench/ measures how close) for grids too large to do exactly.
+each layer onto its leading principal components for grids too large to do exactly: an approximation
+(CKA weights directions by their squared variance, so it is close when a few directions dominate; bench 11
+measured up to 0.09 off on synthetic layers whose variance is spread thinly over 1280 noisy features).
 Constant features carry no similarity: CKA is then 0.0, never NaN.
 """
 

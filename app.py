@@ -29,6 +29,10 @@ PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/pseudo_domains.py", title="Pseudo-domains", icon=":material/hub:"),
     st.Page("pages/dg.py", title="Domain generalization", icon=":material/alt_route:"),
+    st.Page("pages/filmstrip.py", title="Film strip", icon=":material/movie:"),
+    st.Page("pages/layer_similarity.py", title="Layer similarity", icon=":material/stacked_line_chart:"),
+    st.Page("pages/stability.py", title="Stability", icon=":material/ssid_chart:"),
+    st.Page("pages/prompt_audit.py", title="Prompt audit", icon=":material/text_fields:"),
 ]
 
 # Less empty space above the page title (wide layout on laptops and projectors).

@@ -883,6 +883,7 @@ def bench_families(ctx: Ctx, kinds=FAMILY_KINDS, batch: int | None = None, reps:
                       "overhead and how much early exit saves at each family's default layer, not the speed of the "
                       "real checkpoints. Times cover the feature pass only (VAE encoding and preprocessing excluded)."]}
 
+from bench.views import bench_cka, bench_filmstrip  # noqa: E402 - research views (10, 11)
 
 BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
     1: ("All-block capture vs block-by-block", bench_all_blocks),
@@ -894,5 +895,7 @@ BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
     7: ("Feature cache: size and load time", bench_cache),
     8: ("First Explore on a fresh machine", bench_first_explore),
     9: ("Dataset scan and fingerprint at scale", bench_scan),
+    10: ("Film strip: frame switch at 5k points", bench_filmstrip),
+    11: ("Layer similarity: CKA grid", bench_cka),
     12: ("Every family: all layers vs default layer (tiny models, CPU)", bench_families),
 }

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI (1-100)")
     _add_report_parsers(sub)
+    from core.views_cli import add_parsers as add_view_parsers  # filmstrip, cka, stability, prompt-audit
+
+    add_view_parsers(sub, _add_extraction_args)
     return parser
 
 
@@ -396,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, desc in BUILTINS.items():
                 print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
             return 0
+        from core.views_cli import COMMANDS as VIEW_COMMANDS  # filmstrip, cka, stability, prompt-audit
+
         return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep,
-                "report": cmd_report, "dg": cmd_dg}[args.command](args)
+                "report": cmd_report, "dg": cmd_dg, **VIEW_COMMANDS}[args.command](args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -171,7 +171,7 @@ def get_features(
     if not blocks:
         raise ExtractionError(f"no block given; pass 'all' or some of {model.blocks}")
     blocks = sorted(blocks, key=model.blocks.index)
-    model.check_request(request_of(config, [config.prompt.for_class("x")]))
+    model.check_request(request_of(config, [config.prompt.example()]))
     ds, records = select_images(config, dataset)
     key = cache_key(config, model, ds, records)
     cache = FeatureCache(cache_dir)
@@ -308,7 +308,7 @@ def _compute_chunk(model: Backbone, config, recs, blocks, resolution, batch_size
             arrays[f"f:{b}"] = np.zeros((0, 0), np.float32)
         return arrays
     ids = [r.id for r in ok]
-    prompts = [config.prompt.for_class(r.cls) for r in ok]
+    prompts = [config.prompt.for_class(r.cls, r.domain) for r in ok]
 
     def fn(idx: list[int]):
         request = request_of(config, [prompts[i] for i in idx])

@@ -12,24 +12,51 @@ __all__ = ["ExtractionError", "PromptSpec"]
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """``mode``: "empty" (the paper's default), "template" (``text`` with ``{class}``) or "custom"."""
+    """``mode``: "empty" (the paper's default), "template" (``text`` with ``{class}`` and/or ``{domain}``),
+    "custom" (one text for every image) or "per-class" (``text`` a JSON object class -> prompt, e.g. the
+    prompt audit's wrong-class control). The cache key holds (mode, text), so every mode is exact."""
 
     mode: str = "empty"
     text: str = ""
 
     def __post_init__(self):
-        if self.mode not in ("empty", "template", "custom"):
-            raise ExtractionError(f"prompt mode must be empty, template or custom, got {self.mode!r}")
-        if self.mode == "template" and "{class}" not in self.text:
-            raise ExtractionError(f"a class template must contain {{class}}, e.g. 'a photo of a {{class}}'; "
+        if self.mode not in ("empty", "template", "custom", "per-class"):
+            raise ExtractionError(f"prompt mode must be empty, template, custom or per-class, got {self.mode!r}")
+        if self.mode == "template" and "{class}" not in self.text and "{domain}" not in self.text:
+            raise ExtractionError(f"a template must contain {{class}} or {{domain}}, e.g. 'a photo of a {{class}}'; "
                                   f"got {self.text!r}")
+        if self.mode == "per-class":
+            self.table()
 
-    def for_class(self, cls: str) -> str:
+    def table(self) -> dict[str, str]:
+        """The class -> prompt table of a "per-class" prompt."""
+        import json
+
+        try:
+            t = json.loads(self.text)
+        except ValueError:
+            t = None
+        if not isinstance(t, dict) or not t or not all(isinstance(v, str) for v in t.values()):
+            raise ExtractionError(f'a per-class prompt is a JSON object {{"class": "prompt", ...}}, got {self.text!r}')
+        return t
+
+    def for_class(self, cls: str, domain: str = "") -> str:
         if self.mode == "empty":
             return ""
         if self.mode == "template":
-            return self.text.replace("{class}", cls.replace("_", " "))
+            return self.text.replace("{class}", cls.replace("_", " ")).replace("{domain}", domain.replace("_", " "))
+        if self.mode == "per-class":
+            table = self.table()
+            if cls not in table:
+                raise ExtractionError(f"the per-class prompt has no entry for class {cls!r}")
+            return table[cls].replace("{domain}", domain.replace("_", " "))
         return self.text
+
+    def example(self) -> str:
+        """One prompt this spec gives (for checks that need a sample)."""
+        if self.mode == "per-class":
+            return next(iter(self.table().values()))
+        return self.for_class("x", "x")
 
     @property
     def label(self) -> str:

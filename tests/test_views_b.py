@@ -229,3 +229,85 @@ def test_image_mode_draws_thumbnails_up_to_the_cap():
     assert 50 <= len(rows) <= 100 and len(set(rows)) == len(rows)  # one per occupied cell of a 10 x 10 grid
     cells = {(int(a), int(b)) for a, b in np.minimum(((big[rows] - big.min(0)) / np.ptp(big, 0) * 10), 9)}
     assert len(cells) == len(rows)  # no two thumbnails from the same region
+
+
+def test_progress_text_has_the_clis_eta():
+    from pages._common import progress_text
+
+    assert progress_text("Extracting", 40, 120, 5.0) == "Extracting: 40 / 120 images [00:05<00:10,  8.00 images/s]"
+    assert progress_text("Extracting", 0, 120, 0.5).startswith("Extracting: 0 / 120 images [00:00<?")
+
+
+# ------------------------------------------------------------------------------------- the pages
+
+
+from tests.test_app import N_PER_DOMAIN, assert_clean, charts, core_explore, metrics, tiny_app  # noqa: E402,F401
+
+
+def _expected_faithfulness(res, block="up_blocks.1"):
+    f = fa.cached_faithfulness(res.features.features[block], res.embedding, res.features.domains, random_state=0)
+    return {"Layout trustworthiness": f"{f.trustworthiness:.3f}", "k-NN domain accuracy, 2-D": f"{f.knn_acc_2d:.1%}"}
+
+
+def test_explore_faithfulness_image_mode_and_spatial_maps(tiny_app, tiny_sd_dir):
+    from core.backbones.registry import load_backbone
+    from core.data.datasets import load_dataset
+
+    at = tiny_app.run()
+    assert_clean(at)
+    ref = core_explore(str(tiny_sd_dir))
+    shown = metrics(at)
+    assert {k: shown[k] for k in _expected_faithfulness(ref)} == _expected_faithfulness(ref)
+    # image mode: one thumbnail per point (40 <= the cap), placed at the points
+    at.toggle(key="image_mode").set_value(True).run()
+    assert_clean(at)
+    fig = charts(at)[0]
+    assert len(fig.layout.images) == 4 * N_PER_DOMAIN
+    assert sorted(round(im.x, 4) for im in fig.layout.images) == sorted(round(float(x), 4) for x in ref.embedding[:, 0])
+    assert all(im.source.startswith("data:image/png;base64,") for im in fig.layout.images)
+    # a click (the chart's selection state): the block's spatial map beside the image, coloured by core's PCA
+    fs = ref.features
+    at.session_state["scatter"] = {"selection": {"points": [{"customdata": [3]}], "point_indices": [3], "box": [],
+                                                 "lasso": []}}
+    at.run()
+    assert_clean(at)
+    bb = load_backbone(str(tiny_sd_dir))
+    view = sp.spatial_view(bb, fs.config, load_dataset(fs.config.dataset), "up_blocks.1", [fs.ids[3]])
+    ev = ", ".join(f"{v:.0%}" for v in view.pca.explained)
+    assert any(f"over {len(view.pca.sample_ids)} images" in c.value and f"(variance {ev})" in c.value
+               for c in at.main.caption)
+    captions = [im.proto.imgs[0].caption for im in at.image if im.proto.imgs]
+    assert f"up_blocks.1 map {view.rgb.shape[2]}×{view.rgb.shape[1]}" in captions
+    assert "spatial maps (PNG)" in [b.label for b in at.get("download_button")]
+    # a box/lasso selection of 4 images: a grid of 4 maps
+    at.session_state["scatter"] = {"selection": {"points": [{"customdata": [i]} for i in (1, 5, 9, 20)],
+                                                 "point_indices": [], "box": [], "lasso": []}}
+    at.run()
+    assert_clean(at)
+    captions = [im.proto.imgs[0].caption for im in at.image if im.proto.imgs]
+    assert sum(c.startswith("up_blocks.1 map") for c in captions) == 4
+
+
+def test_compare_shows_what_moved_from_core(tiny_app, tiny_sd_dir):
+    at = tiny_app.run()
+    at.switch_page("pages/compare.py").run()
+    assert_clean(at)
+    ra, rb = core_explore(str(tiny_sd_dir)), core_explore("pixels", block="pixels")
+    labels = [m.label for m in at.metric]
+    assert labels.count("Layout trustworthiness") == 2
+    values = [m.value for m in at.metric if m.label == "Layout trustworthiness"]
+    assert values == [_expected_faithfulness(ra)["Layout trustworthiness"],
+                      _expected_faithfulness(rb, "pixels")["Layout trustworthiness"]]
+    ref = mv.what_moved(ra.features, "up_blocks.1", rb.features, "pixels", k=10)
+    table, per_domain = at.dataframe[1].value, at.dataframe[2].value
+    assert list(table["id"]) == list(ref.table["id"][:len(table)]) and len(table) == min(50, ref.n_common)
+    np.testing.assert_allclose(table["moved"].to_numpy(float), ref.table["moved"][:len(table)].to_numpy(float))
+    assert table["image"].str.startswith("data:image/png;base64,").all()
+    np.testing.assert_allclose(per_domain["delta"].to_numpy(float), ref.per_domain["delta"].to_numpy(float))
+    assert list(per_domain["domain"]) == ["cartoon", "painting", "photo", "sketch"]
+    at.slider(key="cmp_moved_k").set_value(5).run()
+    assert_clean(at)
+    ref5 = mv.what_moved(ra.features, "up_blocks.1", rb.features, "pixels", k=5)
+    np.testing.assert_allclose(at.dataframe[1].value["moved"].to_numpy(float),
+                               ref5.table["moved"][:50].to_numpy(float))
+    assert {"what moved (CSV)", "per-domain NMI (CSV)"} <= {b.label for b in at.get("download_button")}

@@ -287,8 +287,10 @@ class _Warmup:
 
         try:
             self.seconds = _warm()
+            print(f"DomainLens: UMAP warm-up finished in {self.seconds:.1f} s", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 - a failed warm-up only means the first UMAP compiles itself
             self.error = f"{type(e).__name__}: {e}"
+            print(f"DomainLens: UMAP warm-up failed ({self.error})", file=sys.stderr, flush=True)
         finally:
             self.done.set()
 

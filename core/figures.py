@@ -2,7 +2,8 @@
 scripts build the same figures).
 
 * :func:`scatter` - a 2-D layout coloured by a label (WebGL above :data:`WEBGL_ABOVE` points), every
-  point carrying its row index in ``customdata`` so a selection maps back to images.
+  point carrying its row index in ``customdata`` so a selection maps back to images; image mode draws
+  thumbnails above the points (:func:`image_rows`, :func:`add_point_images`, up to :data:`IMAGE_MODE_MAX`).
 * :func:`heatmap` / :func:`nmi_curves` - sweep results (block x timestep), best setting highlighted.
 * :func:`confusion_heatmap` - a contingency table (e.g. pseudo-domain x domain).
 * :func:`procrustes_align` / :func:`align_by_ids` - rotate/scale/shift one 2-D layout onto another (on

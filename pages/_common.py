@@ -643,10 +643,10 @@ def progress_text(label: str, done: int, total: int, elapsed: float, unit: str =
                                              bar_format="{n_fmt} / {total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
-def run_core(fn: Callable, *args, label: str = "Extracting features", **kwargs):
+def run_core(fn: Callable, *args, label: str = "Extracting features", stop: bool = True, **kwargs):
     """Call a core function that reports ``progress(done, total)``: a progress bar with image counts and an
     ETA (shown only when the call is slow, i.e. not served from the cache). Expected errors are shown with
-    what to do, and the page stops."""
+    what to do, and the page stops (with ``stop=False``: shown as a warning, and None is returned)."""
     bar = st.empty()
     start = time.monotonic()
 
@@ -659,6 +659,9 @@ def run_core(fn: Callable, *args, label: str = "Extracting features", **kwargs):
         with st.spinner("Computing (extracted features, layouts and scores are cached on disk)…", show_time=True):
             return fn(*args, progress=progress, **kwargs)
     except EXPECTED_ERRORS as e:
+        if not stop:
+            st.warning(str(e))
+            return None
         st.error(f"{e}\n\nChange the setting in the controls or the sidebar and try again.")
         st.stop()
     finally:
@@ -869,15 +872,14 @@ def spatial_panel(model: Any, config: ExtractionConfig, block: str, fs, rows: Se
     a PCA fitted on that block's maps over a sample of the dataset (core.analysis.spatial)."""
     from core.analysis import spatial
 
-    if not hasattr(model, "spatial_maps"):
-        st.caption("Spatial maps need a backbone with spatial_maps (core.backbones.base); this model has none.")
-        return
     if len(rows) > spatial.MAX_SHOWN:
         st.caption(f"Spatial maps of the first {spatial.MAX_SHOWN} of {len(rows)} selected images.")
     rows = list(rows)[:spatial.MAX_SHOWN]
     view = run_core(spatial.spatial_view, model, config, scanned_dataset(config.dataset), block,
                     [fs.ids[i] for i in rows], label=f"Fitting the colours of {block}'s maps",
-                    sample_size=spatial.DEFAULT_SAMPLE)
+                    sample_size=spatial.DEFAULT_SAMPLE, stop=False)
+    if view is None:  # e.g. a layer whose output has no spatial layout: the warning says so
+        return
     ev = ", ".join(f"{v:.0%}" for v in view.pca.explained)
     per = 2 if show_image else 1
     cols = st.columns(per * per_row, gap="small")

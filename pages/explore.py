@@ -58,7 +58,14 @@ if len(rows) > 1:
     st.subheader(f"Spatial feature maps of {block}")
     ui.spatial_panel(model, config, block, fs, rows, size=128, per_row=4, key="explore-spatial-grid")
 
-spec = ui.reproduce_spec(config, block, reduction, colour_by=colour)
+spec = ui.reproduce_spec(config, block, reduction, colour_by=colour, image_mode=image_mode,
+                         layout_faithfulness={"k": faith.k, "random_state": s.seed,
+                                              "api": "core.analysis.faithfulness.cached_faithfulness"})
+if rows:
+    from core.analysis import spatial
+
+    spec["spatial_maps"] = {"layer": block, "images": [fs.ids[i] for i in rows[:spatial.MAX_SHOWN]],
+                            "sample_size": spatial.DEFAULT_SAMPLE, "api": "core.analysis.spatial.spatial_view"}
 ui.export_panel(
     "explore", figs={"layout": fig},
     tables={"metrics": ui.scores_frame(result.scores, dataset=config.dataset, model=config.model, block=block,

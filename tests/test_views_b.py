@@ -238,6 +238,29 @@ def test_progress_text_has_the_clis_eta():
     assert progress_text("Extracting", 0, 120, 0.5).startswith("Extracting: 0 / 120 images [00:00<?")
 
 
+def test_umap_warmup_runs_core_warm_up_in_a_background_thread(monkeypatch):
+    import threading
+
+    import core.analysis.reduce as reduce_mod
+    from pages._common import _Warmup
+
+    main, seen = threading.get_ident(), []
+    release = threading.Event()
+
+    def fake_warm():  # stands in for core.analysis.reduce.warm_umap (numba compiles for ~15-40 s)
+        seen.append(threading.get_ident())
+        release.wait(5)
+        return 1.5
+
+    monkeypatch.setattr(reduce_mod, "warm_umap", fake_warm)
+    w = _Warmup(True)
+    assert not w.done.is_set()  # the caller (app.py at server start) is not blocked
+    release.set()
+    assert w.done.wait(5) and w.seconds == 1.5 and w.error is None and seen and seen[0] != main
+    off = _Warmup(False)
+    assert off.done.is_set() and not off.enabled
+
+
 # ------------------------------------------------------------------------------------- the pages
 
 

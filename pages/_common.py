@@ -273,25 +273,32 @@ class _Warmup:
     def __init__(self, enabled: bool):
         import threading
 
-        self.done = threading.Event()
+        self.done = threading.Event()  # every path compiled
+        self.small_done = threading.Event()  # the exact-neighbour path (fewer than SMALL_DATA points) compiled
         self.seconds: float | None = None
         self.error: str | None = None
         self.enabled = enabled
         if enabled:
             threading.Thread(target=self._run, name="domainlens-umap-warmup", daemon=True).start()
         else:
+            self.small_done.set()
             self.done.set()
 
+    def _stage(self, name: str) -> None:
+        if name == "exact":
+            self.small_done.set()
+
     def _run(self) -> None:
-        from core.analysis.reduce import warm_umap as _warm
+        from core.analysis import reduce as _reduce
 
         try:
-            self.seconds = _warm()
+            self.seconds = _reduce.warm_umap(on_stage=self._stage)
             print(f"DomainLens: UMAP warm-up finished in {self.seconds:.1f} s", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 - a failed warm-up only means the first UMAP compiles itself
             self.error = f"{type(e).__name__}: {e}"
             print(f"DomainLens: UMAP warm-up failed ({self.error})", file=sys.stderr, flush=True)
         finally:
+            self.small_done.set()
             self.done.set()
 
 
@@ -302,13 +309,17 @@ def start_umap_warmup() -> _Warmup:
     return _Warmup(os.environ.get("DOMAINLENS_WARM_UMAP", "1").strip() not in ("0", "false", "no", ""))
 
 
-def warm_umap() -> bool:
-    """Wait for the background UMAP warm-up (started at server start) before the first UMAP of the process."""
+def warm_umap(n_points: int | None = None) -> bool:
+    """Wait for the part of the background UMAP warm-up (started at server start) that a layout of
+    ``n_points`` needs (below 4096 points only the exact-neighbour path; None: all of it)."""
+    from core.analysis.reduce import SMALL_DATA
+
     w = start_umap_warmup()
-    if w.enabled and not w.done.is_set():
+    ready = w.small_done if n_points is not None and n_points < SMALL_DATA else w.done
+    if w.enabled and not ready.is_set():
         with st.spinner("Preparing UMAP: numba compiles once per server process; it started in the background "
                         "when the server did…", show_time=True):
-            w.done.wait()
+            ready.wait()
     return True
 
 
@@ -620,7 +631,8 @@ def reduction_controls(seed: int, prefix: str = "", container: Any = st, params_
         c1, c2 = pc.columns(2)
         kw["n_neighbors"] = int(c1.slider("Neighbours", 2, 100, key=f"{prefix}n_neighbors"))
         kw["min_dist"] = float(c2.slider("Min. distance", 0.0, 0.99, step=0.01, key=f"{prefix}min_dist"))
-        warm_umap()
+        current = st.session_state.get(SETTINGS_KEY)
+        warm_umap(current.max_per_domain * n_domains(current) if current is not None else None)
     return ReductionConfig(method=method, random_state=int(seed), **kw)
 
 

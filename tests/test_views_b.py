@@ -247,18 +247,20 @@ def test_umap_warmup_runs_core_warm_up_in_a_background_thread(monkeypatch):
     main, seen = threading.get_ident(), []
     release = threading.Event()
 
-    def fake_warm():  # stands in for core.analysis.reduce.warm_umap (numba compiles for ~15-40 s)
+    def fake_warm(on_stage):  # stands in for core.analysis.reduce.warm_umap (numba compiles for ~15-40 s)
         seen.append(threading.get_ident())
+        on_stage("exact")
         release.wait(5)
+        on_stage("approx")
         return 1.5
 
-    monkeypatch.setattr(reduce_mod, "warm_umap", fake_warm)
+    monkeypatch.setattr(reduce_mod, "warm_umap", lambda on_stage=None: fake_warm(on_stage))
     w = _Warmup(True)
-    assert not w.done.is_set()  # the caller (app.py at server start) is not blocked
+    assert w.small_done.wait(5) and not w.done.is_set()  # small layouts may go; the caller was not blocked
     release.set()
     assert w.done.wait(5) and w.seconds == 1.5 and w.error is None and seen and seen[0] != main
     off = _Warmup(False)
-    assert off.done.is_set() and not off.enabled
+    assert off.done.is_set() and off.small_done.is_set() and not off.enabled
 
 
 # ------------------------------------------------------------------------------------- the pages

@@ -266,7 +266,7 @@ def test_umap_warmup_runs_core_warm_up_in_a_background_thread(monkeypatch):
 # ------------------------------------------------------------------------------------- the pages
 
 
-from tests.test_app import N_PER_DOMAIN, assert_clean, charts, core_explore, metrics, tiny_app  # noqa: E402,F401
+from tests.test_app import N_PER_DOMAIN, assert_clean, charts, core_explore, tiny_app  # noqa: E402,F401
 
 
 def _expected_faithfulness(res, block="up_blocks.1"):
@@ -281,7 +281,7 @@ def test_explore_faithfulness_image_mode_and_spatial_maps(tiny_app, tiny_sd_dir)
     at = tiny_app.run()
     assert_clean(at)
     ref = core_explore(str(tiny_sd_dir))
-    shown = metrics(at)
+    shown = {m.label: m.value for m in at.metric}
     assert {k: shown[k] for k in _expected_faithfulness(ref)} == _expected_faithfulness(ref)
     # image mode: one thumbnail per point (40 <= the cap), placed at the points
     at.toggle(key="image_mode").set_value(True).run()

@@ -104,15 +104,15 @@ def wait_idle(page, timeout_ms: int = 180_000) -> None:
 def visit_every_page(page, timeout_ms: int = 180_000) -> dict[str, int]:
     """Click each sidebar navigation link in turn; on each page assert no exception and that a chart is drawn
     (after pressing the page's primary button if it shows none). Returns {page title: (charts drawn, seconds)}."""
-    links = page.locator('[data-testid="stSidebarNavLink"]')
-    targets = [(links.nth(i).inner_text().strip().splitlines()[-1].strip(), links.nth(i).get_attribute("href"))
-               for i in range(links.count())]  # the text is "<icon name>\n\n<title>"
-    assert len(targets) >= 4, targets
+    # st.navigation's own menu, or the st.page_link menu app.py draws in the sidebar
+    links = page.locator('[data-testid="stSidebarNavLink"], [data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
+    titles = [links.nth(i).inner_text().strip().splitlines()[-1].strip()
+              for i in range(links.count())]  # the text is "<icon name>\n\n<title>"
+    assert len(titles) >= 4, titles
     drawn = {}
-    for title, href in targets:
+    for i, title in enumerate(titles):
         t0 = time.monotonic()
-        page.locator(f'[data-testid="stSidebarNavLink"][href="{href}"]').click()
-        page.wait_for_url(href, timeout=timeout_ms)
+        links.nth(i).click()
         main = page.locator('[data-testid="stMain"]')
         main.locator("h1").filter(has_text=title).first.wait_for(timeout=timeout_ms)  # the page's own title
         charts, errors = main.locator(".js-plotly-plot"), main.locator(

@@ -2,7 +2,8 @@
 scripts build the same figures).
 
 * :func:`scatter` - a 2-D layout coloured by a label (WebGL above :data:`WEBGL_ABOVE` points), every
-  point carrying its row index in ``customdata`` so a selection maps back to images.
+  point carrying its row index in ``customdata`` so a selection maps back to images; image mode draws
+  thumbnails above the points (:func:`image_rows`, :func:`add_point_images`, up to :data:`IMAGE_MODE_MAX`).
 * :func:`heatmap` / :func:`nmi_curves` - sweep results (block x timestep), best setting highlighted.
 * :func:`confusion_heatmap` - a contingency table (e.g. pseudo-domain x domain).
 * :func:`procrustes_align` / :func:`align_by_ids` - rotate/scale/shift one 2-D layout onto another (on
@@ -62,6 +63,7 @@ def scatter(
     height: int = 560,
     axis_titles: tuple[str, str] = ("", ""),
     ranges: tuple[Sequence[float], Sequence[float]] | None = None,
+    images: dict[int, str] | None = None,
 ) -> go.Figure:
     """One trace per label category, in ``categories`` order (default: sorted labels).
 
@@ -72,6 +74,8 @@ def scatter(
     hover : n_samples strings shown on hover (HTML ``<br>`` allowed)
     webgl : force ``scattergl`` (True) or SVG (False); default: WebGL above :data:`WEBGL_ABOVE` points
     ranges : fixed (x range, y range), e.g. from :func:`shared_ranges` to compare two layouts
+    images : image mode: {row index: image URI (e.g. :func:`thumbnail_data_uri`)}, each drawn as a Plotly
+        layout image just above its point (rows from :func:`image_rows`, at most :data:`IMAGE_MODE_MAX`)
 
     Every point's ``customdata`` is ``[row index]`` into ``embedding``, so a click or box/lasso selection
     maps back to the images whatever the trace.
@@ -112,6 +116,48 @@ def scatter(
     if ranges is not None:
         fig.update_xaxes(range=list(ranges[0]))
         fig.update_yaxes(range=list(ranges[1]))
+    if images:
+        add_point_images(fig, emb, images, ranges)
+    return fig
+
+
+IMAGE_MODE_MAX = 300  # thumbnails drawn in image mode; above it, one image per region of the layout
+
+
+def image_rows(embedding: np.ndarray, cap: int = IMAGE_MODE_MAX) -> np.ndarray:
+    """Rows whose thumbnails image mode draws: every row up to ``cap``; above, the point nearest the centre
+    of each occupied cell of a grid over the layout (so every region shows an example), at most ``cap``."""
+    emb = np.asarray(embedding, dtype=np.float64)[:, :2]
+    n = len(emb)
+    if n <= cap:
+        return np.arange(n)
+    g = max(1, int(np.floor(np.sqrt(cap))))
+    lo, hi = emb.min(0), emb.max(0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    cell = np.minimum(((emb - lo) / span * g).astype(int), g - 1)  # (n, 2)
+    centre = lo + (cell + 0.5) / g * span
+    dist = ((emb - centre) ** 2).sum(1)
+    flat = cell[:, 0] * g + cell[:, 1]
+    order = np.lexsort((np.arange(n), dist, flat))  # by cell, nearest to the centre first
+    first = order[np.r_[True, flat[order][1:] != flat[order][:-1]]]
+    return np.sort(first)[:cap]
+
+
+def add_point_images(fig: go.Figure, embedding: np.ndarray, images: dict[int, str],
+                     ranges: tuple[Sequence[float], Sequence[float]] | None = None) -> go.Figure:
+    """Draw ``images`` ({row: URI}) as layout images centred just above their points (sized to the layout)."""
+    emb = np.asarray(embedding, dtype=np.float64)
+    if ranges is not None:
+        span = np.array([ranges[0][1] - ranges[0][0], ranges[1][1] - ranges[1][0]], dtype=float)
+    else:
+        span = np.ptp(emb[:, :2], axis=0)
+    span = np.where(span > 0, span, 1.0)
+    frac = float(np.clip(0.5 / np.sqrt(max(1, len(images))), 0.035, 0.12))
+    sx, sy = span * frac
+    fig.update_layout(images=[
+        dict(source=uri, xref="x", yref="y", x=float(emb[r, 0]), y=float(emb[r, 1]) + 0.08 * sy, sizex=sx, sizey=sy,
+             xanchor="center", yanchor="bottom", sizing="contain", layer="above", opacity=1.0)
+        for r, uri in images.items()])
     return fig
 
 

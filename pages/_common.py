@@ -267,11 +267,59 @@ def png_export_available() -> bool:
     return figures.png_export_available()
 
 
-@st.cache_resource(show_spinner="Preparing UMAP (numba compiles once per server process, ~15-40 s)…")
-def warm_umap() -> bool:
-    from core.analysis.reduce import reduce
+class _Warmup:
+    """UMAP's numba compilation running in a background thread (one per server process)."""
 
-    reduce(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), ReductionConfig(method="umap"))
+    def __init__(self, enabled: bool):
+        import threading
+
+        self.done = threading.Event()  # every path compiled
+        self.small_done = threading.Event()  # the exact-neighbour path (fewer than SMALL_DATA points) compiled
+        self.seconds: float | None = None
+        self.error: str | None = None
+        self.enabled = enabled
+        if enabled:
+            threading.Thread(target=self._run, name="domainlens-umap-warmup", daemon=True).start()
+        else:
+            self.small_done.set()
+            self.done.set()
+
+    def _stage(self, name: str) -> None:
+        if name == "exact":
+            self.small_done.set()
+
+    def _run(self) -> None:
+        from core.analysis import reduce as _reduce
+
+        try:
+            self.seconds = _reduce.warm_umap(on_stage=self._stage)
+            print(f"DomainLens: UMAP warm-up finished in {self.seconds:.1f} s", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - a failed warm-up only means the first UMAP compiles itself
+            self.error = f"{type(e).__name__}: {e}"
+            print(f"DomainLens: UMAP warm-up failed ({self.error})", file=sys.stderr, flush=True)
+        finally:
+            self.small_done.set()
+            self.done.set()
+
+
+@st.cache_resource(show_spinner=False)
+def start_umap_warmup() -> _Warmup:
+    """Start compiling UMAP's numba code in the background (app.py calls this when the server starts).
+    ``DOMAINLENS_WARM_UMAP=0`` turns it off (the tests do: they never wait for it)."""
+    return _Warmup(os.environ.get("DOMAINLENS_WARM_UMAP", "1").strip() not in ("0", "false", "no", ""))
+
+
+def warm_umap(n_points: int | None = None) -> bool:
+    """Wait for the part of the background UMAP warm-up (started at server start) that a layout of
+    ``n_points`` needs (below 4096 points only the exact-neighbour path; None: all of it)."""
+    from core.analysis.reduce import SMALL_DATA
+
+    w = start_umap_warmup()
+    ready = w.small_done if n_points is not None and n_points < SMALL_DATA else w.done
+    if w.enabled and not ready.is_set():
+        with st.spinner("Preparing UMAP: numba compiles once per server process; it started in the background "
+                        "when the server did…", show_time=True):
+            ready.wait()
     return True
 
 
@@ -583,7 +631,8 @@ def reduction_controls(seed: int, prefix: str = "", container: Any = st, params_
         c1, c2 = pc.columns(2)
         kw["n_neighbors"] = int(c1.slider("Neighbours", 2, 100, key=f"{prefix}n_neighbors"))
         kw["min_dist"] = float(c2.slider("Min. distance", 0.0, 0.99, step=0.01, key=f"{prefix}min_dist"))
-        warm_umap()
+        current = st.session_state.get(SETTINGS_KEY)
+        warm_umap(current.max_per_domain * n_domains(current) if current is not None else None)
     return ReductionConfig(method=method, random_state=int(seed), **kw)
 
 
@@ -597,21 +646,34 @@ def colour_control(prefix: str = "", container: Any = st, clusters: bool = True)
 # ---------------------------------------------------------------------------------------- running
 
 
-def run_core(fn: Callable, *args, label: str = "Extracting features", **kwargs):
-    """Call a core function that reports ``progress(done, total)``: a progress bar with image counts
-    (shown only when the call is slow, i.e. not served from the cache). Expected errors are shown with
-    what to do, and the page stops."""
+def progress_text(label: str, done: int, total: int, elapsed: float, unit: str = "images") -> str:
+    """``label: 40 / 120 images [00:05<00:10, 8.00 images/s]``: the counts, elapsed time, ETA and rate as the
+    CLI's tqdm bar prints them (tqdm's own formatter)."""
+    from tqdm import tqdm
+
+    return f"{label}: " + tqdm.format_meter(done, total or None, elapsed, unit=f" {unit}", unit_scale=False,
+                                             bar_format="{n_fmt} / {total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def run_core(fn: Callable, *args, label: str = "Extracting features", stop: bool = True, **kwargs):
+    """Call a core function that reports ``progress(done, total)``: a progress bar with image counts and an
+    ETA (shown only when the call is slow, i.e. not served from the cache). Expected errors are shown with
+    what to do, and the page stops (with ``stop=False``: shown as a warning, and None is returned)."""
     bar = st.empty()
     start = time.monotonic()
 
     def progress(done: int, total: int) -> None:
-        if time.monotonic() - start > 0.3:  # a cache hit returns sooner: no flashing bar
-            bar.progress(min(1.0, done / total) if total else 1.0, text=f"{label}: {done} / {total} images")
+        elapsed = time.monotonic() - start
+        if elapsed > 0.3:  # a cache hit returns sooner: no flashing bar
+            bar.progress(min(1.0, done / total) if total else 1.0, text=progress_text(label, done, total, elapsed))
 
     try:
         with st.spinner("Computing (extracted features, layouts and scores are cached on disk)…", show_time=True):
             return fn(*args, progress=progress, **kwargs)
     except EXPECTED_ERRORS as e:
+        if not stop:
+            st.warning(str(e))
+            return None
         st.error(f"{e}\n\nChange the setting in the controls or the sidebar and try again.")
         st.stop()
     finally:
@@ -778,6 +840,71 @@ def npy_bytes(a: np.ndarray) -> bytes:
     np.save(buf, np.asarray(a), allow_pickle=False)
     return buf.getvalue()
 
+
+
+# ------------------------------------------------------- faithful layouts, image mode, spatial maps
+
+
+def faithfulness_metrics(f, container: Any = st) -> None:
+    """Trustworthiness and the k-NN domain accuracy in 2-D vs the full features, as two ``st.metric``s."""
+    slots = list(container) if isinstance(container, (list, tuple)) else [container] * 2
+    sample = f" (on a random {f.n_trust:,} of the {f.n_images:,} images)" if f.n_trust < f.n_images else ""
+    slots[0].metric("Layout trustworthiness", f"{f.trustworthiness:.3f}",
+                    help=f"scikit-learn's trustworthiness with k = {f.k}{sample}: 1 when each image's nearest "
+                         "neighbours in the picture are also near it in the full feature space; lower when the "
+                         "picture puts far-apart images together. Judge clusters in the picture by it.")
+    slots[1].metric("k-NN domain accuracy, 2-D", _fmt(f.knn_acc_2d, pct=True),
+                    delta=f"{(f.knn_acc_2d - f.knn_acc_full) * 100:+.1f} pp vs full features ({f.knn_acc_full:.1%})",
+                    delta_color="off",
+                    help=f"Leave-one-out {f.k}-nearest-neighbour vote for the domain, in the 2-D layout vs in the "
+                         f"full feature space (chance ≈ {f.chance:.0%}). Far below the full-space figure: the "
+                         "picture hides domain structure the scores see; far above: it exaggerates it.")
+
+
+def image_mode_control(n_images: int, prefix: str = "", container: Any = st) -> bool:
+    """The "Show images" toggle (key ``{prefix}image_mode``): thumbnails in place of points."""
+    from core.figures import IMAGE_MODE_MAX
+
+    ensure_state(f"{prefix}image_mode", lambda v: isinstance(v, bool), False)
+    more = n_images > IMAGE_MODE_MAX
+    return container.toggle(
+        "Show images", key=f"{prefix}image_mode",
+        help=f"Draw each image's thumbnail just above its point (up to {IMAGE_MODE_MAX} images"
+             + (f"; with {n_images:,} images, one per region of the layout" if more else "") + ").")
+
+
+def point_images(fs, embedding: np.ndarray, size: int = 64) -> dict[int, str]:
+    """{row: thumbnail URI} for image mode: every image up to the cap, else one per region of the layout."""
+    return {int(r): thumbnail(fs.paths[int(r)], size) for r in figures.image_rows(embedding)}
+
+
+def spatial_panel(model: Any, config: ExtractionConfig, block: str, fs, rows: Sequence[int], size: int = 160,
+                  per_row: int = 1, show_image: bool = True, key: str = "spatial") -> None:
+    """Beside a clicked image (or under a small selection): the block's spatial feature map in the colours of
+    a PCA fitted on that block's maps over a sample of the dataset (core.analysis.spatial)."""
+    from core.analysis import spatial
+
+    if len(rows) > spatial.MAX_SHOWN:
+        st.caption(f"Spatial maps of the first {spatial.MAX_SHOWN} of {len(rows)} selected images.")
+    rows = list(rows)[:spatial.MAX_SHOWN]
+    view = run_core(spatial.spatial_view, model, config, scanned_dataset(config.dataset), block,
+                    [fs.ids[i] for i in rows], label=f"Fitting the colours of {block}'s maps",
+                    sample_size=spatial.DEFAULT_SAMPLE, stop=False)
+    if view is None:  # e.g. a layer whose output has no spatial layout: the warning says so
+        return
+    ev = ", ".join(f"{v:.0%}" for v in view.pca.explained)
+    per = 2 if show_image else 1
+    cols = st.columns(per * per_row, gap="small")
+    for k, (r, rgb) in enumerate(zip(view.records, view.rgb)):
+        c1, c2 = cols[per * (k % per_row)], cols[per * (k % per_row) + per - 1]
+        if show_image:
+            c1.image(thumbnail(r.path, size), width=size, caption=f"{r.domain} · {r.cls}")
+        c2.image(spatial.map_image(rgb, size), width=size, caption=f"{block} map {rgb.shape[1]}×{rgb.shape[0]}")
+    st.caption(f"Colours: the first 3 principal components of {block}'s map pixels over {len(view.pca.sample_ids)} "
+               f"images spread over the domains (variance {ev}); the same colours mean similar features in "
+               "every image.")
+    st.download_button("spatial maps (PNG)", data=spatial.grid_png(view), file_name=f"{key}-maps.png",
+                       mime="image/png", on_click="ignore", key=f"{key}-png", icon=":material/download:")
 
 
 if __name__ == "__main__":  # only when Streamlit runs this file as a page (a cold-start URL /_common): not one

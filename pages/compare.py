@@ -10,6 +10,8 @@ import streamlit as st
 
 from core import figures
 from core.analysis.explore import explore_view
+from core.analysis.faithfulness import cached_faithfulness
+from core.analysis.moved import DEFAULT_K, what_moved
 from pages import _common as ui
 
 s = ui.settings()
@@ -60,6 +62,8 @@ for name, res, emb in (("A", ra, ra.embedding), ("B", rb, aligned_b)):
         m1, m2 = st.columns(2)
         ui.score_metrics(res.scores, len(fs.domain_names), container=[m1, m2, m1, m2],
                          reference=None if name == "A" else ra.scores)
+        faith = cached_faithfulness(fs.features[block], res.embedding, fs.domains, random_state=s.seed)
+        ui.faithfulness_metrics(faith, container=[m1, m2])
 
 n_common = len(set(ra.features.ids) & set(rb.features.ids))
 st.caption(f"Layout B aligned to A on {n_common:,} shared images (Procrustes disparity {disparity:.2f}: "
@@ -68,7 +72,37 @@ table = figures.score_table(ra.scores, rb.scores)
 st.dataframe(table, hide_index=True, width="content",
              column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "delta" else "%.3f")
                             for c in ("A", "B", "delta")})
+
+st.subheader("What moved")
+st.caption("Images whose neighbourhood changes most from A to B: the share of an image's k nearest neighbours "
+           "in A's full feature space that are not among its k nearest in B's (the layouts play no part). "
+           "Per-domain NMI: how cleanly k-means isolates each domain (1 = the domain is one cluster).")
+ui.ensure_state("cmp_moved_k", lambda v: isinstance(v, int), DEFAULT_K)
+c_k, _ = st.columns([2, 5])
+k = int(c_k.slider("Neighbours k", 2, 50, key="cmp_moved_k"))
+try:
+    moved = what_moved(ra.features, sides["A"][1], rb.features, sides["B"][1], k=k)
+except ValueError as e:
+    st.error(f"{e}\n\nPick settings over the same dataset and sample (sidebar), then try again.")
+    st.stop()
+c_tab, c_dom = st.columns([3, 2], gap="large")
+with c_tab:
+    top = moved.table.head(50).copy()
+    top.insert(1, "image", [ui.thumbnail(p, 64) for p in top["path"]])
+    st.dataframe(top.drop(columns=["path"]), hide_index=True, key="cmp_moved_table", row_height=68,
+                 column_config={"image": st.column_config.ImageColumn("image", width="small"),
+                                "moved": st.column_config.ProgressColumn(
+                                    f"moved (of {moved.k} neighbours)", format="%.2f", min_value=0.0, max_value=1.0),
+                                "shared": st.column_config.NumberColumn("neighbours kept")})
+    st.caption(f"The 50 most-moved of {moved.n_common:,} shared images; the CSV export has them all.")
+with c_dom:
+    st.dataframe(moved.per_domain, hide_index=True, key="cmp_moved_domains",
+                 column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "delta" else "%.3f")
+                                for c in ("A", "B", "delta", "mean moved")})
+
 spec = {name: ui.reproduce_spec(configs[name], sides[name][1], reduction) for name in ("A", "B")}
 spec["cli"] = "\n".join(spec[n]["cli"] for n in ("A", "B"))
-ui.export_panel("compare", figs={"layout A": figs["A"], "layout B": figs["B"]}, tables={"scores": table},
+spec["what_moved"] = {"k": moved.k, "n_seeds": 5, "api": "core.analysis.moved.what_moved(fs_a, block_a, fs_b, block_b, k)"}
+ui.export_panel("compare", figs={"layout A": figs["A"], "layout B": figs["B"]},
+                tables={"scores": table, "what moved": moved.table, "per-domain NMI": moved.per_domain},
                 spec=spec, key="compare-export")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from core import figures
 from core.analysis.explore import explore_view
+from core.analysis.faithfulness import cached_faithfulness
 from pages import _common as ui
 
 s = ui.settings()
@@ -28,9 +29,12 @@ result = ui.run_core(explore_view, config, block, reduction, model=model, device
 fs = result.features
 
 labels, categories = ui.labels_for(fs, colour, block, s.seed)
+image_mode = ui.image_mode_control(len(fs), container=c_col)
+faith = cached_faithfulness(fs.features[block], result.embedding, fs.domains, random_state=s.seed)
 title = f"{block}" + (f" · t = {timestep}" if model.uses_timestep else "") + f" · {ui.REDUCER_LABELS[reduction.method]}"
 fig = figures.scatter(result.embedding, labels, hover=ui.hover_texts(fs), categories=categories,
-                      label_name=ui.COLOUR_LABELS[colour].lower(), title=title)
+                      label_name=ui.COLOUR_LABELS[colour].lower(), title=title,
+                      images=ui.point_images(fs, result.embedding) if image_mode else None)
 
 c_plot, c_side = st.columns([3, 1], gap="medium")
 with c_plot:
@@ -38,6 +42,7 @@ with c_plot:
                             theme=None, config=ui.PLOT_CONFIG)
 with c_side:
     ui.score_metrics(result.scores, len(fs.domain_names))
+    ui.faithfulness_metrics(faith)
     st.caption(f"{len(fs):,} images · {len(fs.domain_names)} domains · {len(fs.class_names)} classes"
                + (f" · {len(fs.skipped)} unreadable skipped" if fs.skipped else ""))
     rows = ui.selected_rows(event)
@@ -45,15 +50,26 @@ with c_side:
         i = rows[0]
         st.image(ui.thumbnail(fs.paths[i], 192), width=192)
         st.markdown(f"**{fs.domains[i]}** · {fs.classes[i]}  \n`{fs.ids[i]}`")
+        ui.spatial_panel(model, config, block, fs, rows, size=192, show_image=False, key="explore-spatial")
 
 if len(rows) > 1:
     st.subheader("Selected images")
     ui.image_grid(fs, rows)
+    st.subheader(f"Spatial feature maps of {block}")
+    ui.spatial_panel(model, config, block, fs, rows, size=128, per_row=4, key="explore-spatial-grid")
 
-spec = ui.reproduce_spec(config, block, reduction, colour_by=colour)
+spec = ui.reproduce_spec(config, block, reduction, colour_by=colour, image_mode=image_mode,
+                         layout_faithfulness={"k": faith.k, "random_state": s.seed,
+                                              "api": "core.analysis.faithfulness.cached_faithfulness"})
+if rows:
+    from core.analysis import spatial
+
+    spec["spatial_maps"] = {"layer": block, "images": [fs.ids[i] for i in rows[:spatial.MAX_SHOWN]],
+                            "sample_size": spatial.DEFAULT_SAMPLE, "api": "core.analysis.spatial.spatial_view"}
 ui.export_panel(
     "explore", figs={"layout": fig},
     tables={"metrics": ui.scores_frame(result.scores, dataset=config.dataset, model=config.model, block=block,
                                        timestep=timestep if model.uses_timestep else None,
-                                       prompt=prompt.label, seed=config.seed, max_per_domain=config.max_per_domain)},
+                                       prompt=prompt.label, seed=config.seed, max_per_domain=config.max_per_domain,
+                                       **{f"layout_{k}": v for k, v in faith.to_dict().items()})},
     spec=spec, key="explore-export")

@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # numba (pynndescent for openTSNE, umap) compiles ~50 s per fresh cache folder: keep one across sessions
+# app.py compiles UMAP in a background thread at server start; tests never wait for it (2 shared cores)
+os.environ.setdefault("DOMAINLENS_WARM_UMAP", "0")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "domainlens" / "numba"))
 
 

@@ -3,7 +3,9 @@
 It loads Explore, waits for the plot, reads the domain NMI, moves the block slider with the keyboard and
 checks that the chart re-rendered and the NMI changed; then clicks a point (its thumbnail appears),
 lassoes a region (a grid of the selected images appears) and downloads the PNG figure and the JSON
-configuration. Skipped only when /usr/bin/chromium is absent.
+configuration. Then it visits every page of the navigation (read from the sidebar's links, so pages added
+later are visited too): each renders without an exception and draws its chart (pressing the page's primary
+button first where the page waits for one, e.g. "Run sweep"). Skipped only when /usr/bin/chromium is absent.
 
 Run as a script to refresh the README screenshot::
 
@@ -99,6 +101,41 @@ def wait_idle(page, timeout_ms: int = 180_000) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
+def visit_every_page(page, timeout_ms: int = 180_000) -> dict[str, int]:
+    """Click each sidebar navigation link in turn; on each page assert no exception and that a chart is drawn
+    (after pressing the page's primary button if it shows none). Returns {page title: (charts drawn, seconds)}."""
+    # st.navigation's own menu, or the st.page_link menu app.py draws in the sidebar
+    links = page.locator('[data-testid="stSidebarNavLink"], [data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
+    titles = [links.nth(i).inner_text().strip().splitlines()[-1].strip()
+              for i in range(links.count())]  # the text is "<icon name>\n\n<title>"
+    assert len(titles) >= 4, titles
+    drawn = {}
+    for i, title in enumerate(titles):
+        t0 = time.monotonic()
+        links.nth(i).click()
+        main = page.locator('[data-testid="stMain"]')
+        main.locator("h1").filter(has_text=title).first.wait_for(timeout=timeout_ms)  # the page's own title
+        charts, errors = main.locator(".js-plotly-plot"), main.locator(
+            '[data-testid="stException"], [data-testid="stAlertContentError"]')
+        deadline, idle_since, pressed = time.monotonic() + timeout_ms / 1000, None, False
+        while charts.count() == 0:  # poll: a chart, or a page that has settled without one (then press its button)
+            assert errors.count() == 0, f"page {title!r}: {errors.first.inner_text()[:500]}"
+            assert time.monotonic() < deadline, f"page {title!r} drew no chart in {timeout_ms / 1000:.0f} s"
+            busy = page.locator('[data-testid="stStatusWidget"]').count() > 0
+            idle_since = None if busy else (idle_since or time.monotonic())
+            if idle_since and time.monotonic() - idle_since > 2.0:
+                buttons = main.locator('[data-testid="stBaseButton-primary"]')
+                assert not pressed and buttons.count(), f"page {title!r} settled with no chart and no button to make one"
+                buttons.first.click()
+                pressed, idle_since = True, None
+            page.wait_for_timeout(250)
+        wait_idle(page, timeout_ms)
+        errors = main.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+        assert errors.count() == 0, f"page {title!r}: {errors.first.inner_text()[:500]}"
+        drawn[title] = (main.locator(".js-plotly-plot").count(), round(time.monotonic() - t0, 1))
+    return drawn
+
+
 def launch(playwright, profile: Path, **kw):
     return playwright.chromium.launch_persistent_context(
         str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, **kw)
@@ -179,6 +216,13 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
             assert config == ExtractionConfig(dataset="synthetic-pacs:heldout", model=str(tiny_sd_dir), timestep=50,
                                               seed=0, max_per_domain=10)
             assert spec["block"] == "up_blocks.2" and spec["cli"].startswith("python -m core sweep")
+
+            # every page of the navigation renders and draws its chart
+            t_pages = time.monotonic()
+            drawn = visit_every_page(page)
+            print(f"pages visited in {time.monotonic() - t_pages:.1f} s: {drawn}")
+            assert {"Explore", "Sweep", "Compare", "Pseudo-domains"} <= set(drawn), drawn
+            assert all(n >= 1 for n, _ in drawn.values()), drawn
         finally:
             ctx.close()
 

@@ -113,3 +113,29 @@ def cached_reduce(features: np.ndarray, config: ReductionConfig, cache: FeatureC
     emb = reduce(features, config)
     cache.save_result("reductions", key, {"embedding": emb})
     return emb
+
+
+SMALL_DATA = 4096  # below this many points UMAP finds neighbours exactly; above, with NN-descent (pynndescent)
+
+
+def warm_umap(n_small: int = 64, n_approx: int = 300, dim: int = 50, on_stage=None) -> float:
+    """Pay UMAP's numba compilation now (seconds it took): fits on tiny random data through both of UMAP's
+    neighbour paths, the exact one used below :data:`SMALL_DATA` points first, then NN-descent (forced here;
+    pynndescent's compile is the larger part), with the spectral initialisation and the layout optimiser, in
+    the dtypes :func:`reduce` passes. ``on_stage("exact")`` / ``on_stage("approx")`` is called as each path is
+    ready. Compiled functions live in the process (numba caches only some of them on disk in
+    ``$NUMBA_CACHE_DIR``), so a server calls this once at start in a background thread (``app.py``); a later
+    first UMAP then costs what a warm one does."""
+    import time
+
+    import umap  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for n, approx in ((n_small, False), (n_approx, True)):
+        X = rng.normal(size=(n, dim)).astype(np.float32)
+        umap.UMAP(n_components=2, n_neighbors=15, random_state=0, init="spectral", n_epochs=20,
+                  force_approximation_algorithm=approx).fit_transform(X)
+        if on_stage is not None:
+            on_stage("approx" if approx else "exact")
+    return time.perf_counter() - t0

@@ -1,0 +1,111 @@
+"""How far to trust a 2-D layout: trustworthiness and k-NN accuracy of the domain label, 2-D vs full space.
+
+* **Trustworthiness** (:func:`sklearn.manifold.trustworthiness`, Venna & Kaski): 1 when every point's ``k``
+  nearest neighbours in the layout are also near it in the full feature space; it drops when the layout
+  puts together points that are far apart. Its cost is quadratic in the number of points, so above
+  :data:`TRUST_MAX_POINTS` it is computed on a seeded random sample of that size
+  (``n_trust`` says how many points it used).
+* **k-NN accuracy** of the domain label, leave-one-out: each image gets the majority domain of its ``k``
+  nearest other images (ties go to the label that comes first, as scikit-learn's ``KNeighborsClassifier``
+  does), once in the layout and once in the full feature space. When the 2-D figure is much lower than the
+  full-space one, the picture hides domain structure the numbers see; when it is higher, the layout
+  exaggerates it.
+
+Both use Euclidean distance on the features as given (what t-SNE and UMAP preserve, after their PCA-50).
+Results are cached on disk like the scores (keyed by the content of the features, the layout and the labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from core.engine.cache import FeatureCache, stable_hash
+
+TRUST_MAX_POINTS = 2000  # trustworthiness builds n x n distance ranks: 2000 points ~ 0.1 s, 20k would be minutes
+DEFAULT_K = 10
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    trustworthiness: float
+    knn_acc_2d: float
+    knn_acc_full: float
+    k: int  # neighbours used by both measures
+    n_trust: int  # points trustworthiness was computed on (a sample above TRUST_MAX_POINTS)
+    n_images: int
+    chance: float  # share of the most frequent label: the accuracy of always guessing it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _codes(labels) -> np.ndarray:
+    _, codes = np.unique(np.asarray([str(x) for x in labels]), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def knn_accuracy(X: np.ndarray, labels, k: int = DEFAULT_K) -> float:
+    """Leave-one-out accuracy of a ``k``-nearest-neighbour majority vote (Euclidean) predicting ``labels``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    X = np.asarray(X, dtype=np.float32)
+    y = _codes(labels)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"need (n_samples, n_features) features and one label per row, got {X.shape} and {len(y)}")
+    n = len(X)
+    if n < 3:
+        raise ValueError(f"need at least 3 points for a k-NN accuracy, got {n}")
+    k = int(min(k, n - 1))
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    nbrs = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)  # (n, k), self excluded
+    votes = np.zeros((n, int(y.max()) + 1), dtype=np.int64)
+    np.add.at(votes, (np.repeat(np.arange(n), k), y[nbrs].ravel()), 1)
+    return float((votes.argmax(axis=1) == y).mean())
+
+
+def layout_faithfulness(features: np.ndarray, embedding: np.ndarray, labels, k: int = DEFAULT_K,
+                        random_state: int = 0, max_trust_points: int = TRUST_MAX_POINTS) -> Faithfulness:
+    """Trustworthiness of ``embedding`` (n, 2) with respect to ``features`` (n, d) and the k-NN accuracy of
+    ``labels`` in both spaces."""
+    from sklearn.manifold import trustworthiness
+
+    X = np.asarray(features, dtype=np.float32)
+    E = np.asarray(embedding, dtype=np.float32)
+    if X.ndim != 2 or E.ndim != 2 or len(X) != len(E):
+        raise ValueError(f"features {X.shape} and layout {E.shape} must be 2-D with the same number of rows")
+    if not (np.isfinite(X).all() and np.isfinite(E).all()):
+        raise ValueError("features or layout contain NaN or inf; recompute them in float32")
+    n = len(X)
+    if n < 6:
+        raise ValueError(f"need at least 6 images to judge a layout, got {n}")
+    y = _codes(labels)
+    if len(y) != n:
+        raise ValueError(f"{n} rows but {len(y)} labels")
+    idx = np.arange(n)
+    if n > max_trust_points:
+        idx = np.sort(np.random.default_rng(random_state).choice(n, max_trust_points, replace=False))
+    kt = int(max(1, min(k, len(idx) // 2 - 1)))  # scikit-learn requires k < n / 2
+    trust = float(trustworthiness(X[idx], E[idx], n_neighbors=kt))
+    kk = int(min(k, n - 1))
+    return Faithfulness(trustworthiness=trust, knn_acc_2d=knn_accuracy(E, y, kk), knn_acc_full=knn_accuracy(X, y, kk),
+                        k=kk, n_trust=int(len(idx)), n_images=int(n), chance=float(np.bincount(y).max() / n))
+
+
+def cached_faithfulness(features: np.ndarray, embedding: np.ndarray, labels, k: int = DEFAULT_K,
+                        random_state: int = 0, cache: FeatureCache | None = None) -> Faithfulness:
+    """:func:`layout_faithfulness` with an on-disk cache keyed by the content of all three inputs."""
+    from core.analysis.reduce import features_digest
+
+    cache = cache or FeatureCache()
+    key = stable_hash({"features": features_digest(features), "layout": features_digest(embedding),
+                       "labels": stable_hash([str(x) for x in labels], 32), "k": int(k), "seed": int(random_state),
+                       "max": TRUST_MAX_POINTS, "v": 1}, 32)
+    hit = cache.load_result("faithfulness", key)
+    if hit is not None:
+        return Faithfulness(**{f: (int(v) if f in ("k", "n_trust", "n_images") else float(v)) for f, v in hit.items()})
+    out = layout_faithfulness(features, embedding, labels, k, random_state)
+    cache.save_result("faithfulness", key, {f: np.array(v) for f, v in out.to_dict().items()})
+    return out

@@ -885,6 +885,12 @@ def bench_families(ctx: Ctx, kinds=FAMILY_KINDS, batch: int | None = None, reps:
 
 from bench.views import bench_cka, bench_filmstrip  # noqa: E402 - research views (10, 11)
 
+def _bench_scale(ctx: Ctx, **kw) -> dict:
+    from bench.scale import bench_scale
+
+    return bench_scale(ctx, **kw)
+
+
 BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
     1: ("All-block capture vs block-by-block", bench_all_blocks),
     2: ("Early exit vs full forward", bench_early_exit),
@@ -898,4 +904,5 @@ BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
     10: ("Film strip: frame switch at 5k points", bench_filmstrip),
     11: ("Layer similarity: CKA grid", bench_cka),
     12: ("Every family: all layers vs default layer (tiny models, CPU)", bench_families),
+    13: ("DomainNet-sized study: per-layer cache, NMI, layout, slider, 1 vs 2 processes", _bench_scale),
 }

@@ -244,7 +244,8 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
     rows.append(row(f"warm slider move (block change) at {n:,} points: explore_view + figure + JSON", round(tot, 3),
                     "s", "< 1 s", tot < 1.0,
                     f"explore_view {median([x['explore_view'] for x in mv]):.3f} s + figure/JSON "
-                    f"{median([x['figure_json'] for x in mv]):.3f} s; {mv[0]['bytes'] / 1e6:.2f} MB density view; "
+                    f"{median([x['figure_json'] for x in mv]):.3f} s; {mv[0]['bytes'] / 1e6:.2f} MB "
+                    f"{'density view' if n > 100_000 else 'scatter'}; "
                     f"features loaded: {sorted({b for x in mv for b in x['loaded']}) or 'none'}"))
     rows.append(row(f"peak memory of the app process over {len(out['moves'])} moves at {n:,} points",
                     round(out["peak_rss_mb"] / 1024, 2), "GB", "<= 4 GB", out["peak_rss_mb"] <= 4096,

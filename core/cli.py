@@ -198,8 +198,7 @@ def _timesteps(args) -> list[int]:
 def _print_ignored(model, args) -> None:
     """Say which given options this model does not take (they are ignored, not errors)."""
     for note in model.ignored_options(timesteps=args.timesteps or (), prompt=bool(args.prompt or args.prompt_template),
-                                      class_label=args.class_label, noise_mode=args.noise_mode,
-                            storage_dtype=getattr(args, "storage_dtype", "auto")):
+                                      class_label=args.class_label, noise_mode=args.noise_mode):
         print(f"note: {note}", file=sys.stderr)
 
 

@@ -247,7 +247,7 @@ def test_disk_full_leaves_nothing_partial_and_resumes(model, tiny_sd_dir, monkey
         real(f, data)
 
     monkeypatch.setattr(store, "_write_all", full_after_3)
-    with pytest.raises(CacheError, match="disk full") as e:
+    with pytest.raises(CacheError, match="disk is full") as e:
         get_features(c, ["mid_block", "up_blocks.1"], model=model)
     assert "run the same command again to resume" in str(e.value)
     entry = FeatureCache().entry_dir(feature_key(c, model, *select_images(c)))
@@ -258,7 +258,7 @@ def test_disk_full_leaves_nothing_partial_and_resumes(model, tiny_sd_dir, monkey
     assert cli_main(["extract", "--dataset", "synthetic-pacs", "--model", str(tiny_sd_dir), "--max-per-domain", "4",
                      "--device", "cpu", "--no-progress", "--blocks", "mid_block,up_blocks.1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: disk full") and "Traceback" not in err
+    assert err.startswith("error: the disk is full") and "Traceback" not in err
     monkeypatch.setattr(store, "_write_all", real)  # space freed
     fs = get_features(c, ["mid_block", "up_blocks.1"], model=model)
     assert 0 < fs.n_unet_images < 16  # only the missing chunks

@@ -96,7 +96,7 @@ class ChunkHeader:
 
 def _disk_error(e: OSError, path: Path) -> OSError:
     if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return CacheError(e.errno, f"disk full while writing the feature cache ({path.parent}): nothing partial "
+        return CacheError(e.errno, f"the disk is full (writing the feature cache in {path.parent}): nothing partial "
                                    "was kept; free space (e.g. `python -m core cache prune --max-size 50GB`) or "
                                    "pass another --cache-dir, then run the same command again to resume")
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

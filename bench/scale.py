@@ -1,4 +1,4 @@
-"""Benchmark 10: a DomainNet-sized study on one machine (586,575 images' SD-2.1-shaped features injected
+"""Benchmark 13: a DomainNet-sized study on one machine (586,575 images' SD-2.1-shaped features injected
 into the per-layer cache), and 1 vs 2 extraction processes on CPU."""
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def cache_key(config: ExtractionConfig, model: Backbone, dataset: Dataset, recor
 
 def storage_dtype(config: ExtractionConfig, model) -> str:
     """The dtype features are stored in: ``config.storage_dtype``, or for ``auto`` float16 when the model runs on
-    CUDA (half the disk and read time; NMI within 0.005 of float32, bench 10) and float32 otherwise."""
+    CUDA (half the disk and read time; NMI within 0.005 of float32, bench 13) and float32 otherwise."""
     if config.storage_dtype != "auto":
         return config.storage_dtype
     dev = getattr(model, "device", None)

@@ -111,7 +111,13 @@ class FeatureSet:
 
 def select_images(config: ExtractionConfig, dataset: Dataset | None = None) -> tuple[Dataset, list[ImageRecord]]:
     ds = dataset or load_dataset(config.dataset)
-    return ds, ds.subsample(config.max_per_domain, config.max_per_class, config.seed)
+    # a kept dataset (the app keeps its scan) remembers its selections: at 586k images the stratified ranking
+    # costs about a second, and every slider move asks for the same selection again
+    memo = ds.__dict__.setdefault("_selections", {})
+    k = (config.max_per_domain, config.max_per_class, config.seed, len(ds.records), ds.fingerprint)
+    if k not in memo:
+        memo[k] = ds.subsample(config.max_per_domain, config.max_per_class, config.seed)
+    return ds, list(memo[k])
 
 
 def request_of(config: ExtractionConfig, prompts: Sequence[str] = ()) -> Request:
@@ -319,6 +325,8 @@ def extract_chunks(
 
 def _check_every_domain_readable(ds: Dataset, records, ids, skipped) -> None:
     """A domain whose every selected image failed to decode would silently drop out of the scores."""
+    if not skipped:
+        return
     idset = set(ids)
     have = {r.domain for r in records if r.id in idset}
     lost = sorted({r.domain for r in records} - have)

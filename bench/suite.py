@@ -966,6 +966,12 @@ def bench_first_umap(ctx: Ctx, max_per_domain: int | None = None, cases=None) ->
         f"Machine load at the end: {os.getloadavg()[0]:.1f} (2 cores shared with other work inflates every figure)."]}
 
 
+def _bench_scale(ctx: Ctx, **kw) -> dict:
+    from bench.scale import bench_scale
+
+    return bench_scale(ctx, **kw)
+
+
 BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
     1: ("All-block capture vs block-by-block", bench_all_blocks),
     2: ("Early exit vs full forward", bench_early_exit),
@@ -980,4 +986,5 @@ BENCHMARKS: dict[int, tuple[str, Callable[[Ctx], dict]]] = {
     11: ("Layer similarity: CKA grid", bench_cka),
     12: ("Every family: all layers vs default layer (tiny models, CPU)", bench_families),
     13: ("First UMAP view in the app (start-up warm-up)", bench_first_umap),
+    14: ("DomainNet-sized study: per-layer cache, NMI, layout, slider, 1 vs 2 processes", _bench_scale),
 }

@@ -20,6 +20,12 @@ from core.backbones.registry import DEFAULT_MODEL, ModelError, list_families, li
 from core.engine.prompts import ExtractionError, PromptSpec
 
 EXPECTED_ERRORS = (DatasetError, ModelError, ExtractionError, ValueError, FileNotFoundError, PermissionError)
+try:
+    from core.engine.store import CacheError
+
+    EXPECTED_ERRORS += (CacheError,)
+except ImportError:  # pragma: no cover
+    pass
 
 
 def _parse_timesteps(s: str) -> list[int]:
@@ -88,6 +94,8 @@ def _add_extraction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16")
     p.add_argument("--cache-dir", default=None, help="default: $DOMAINLENS_CACHE_DIR or ~/.cache/domainlens")
+    p.add_argument("--storage-dtype", default="auto", choices=["auto", "float32", "float16"],
+                   help="dtype of the cached features (auto: float16 on CUDA, float32 otherwise)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -102,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("extract", help="extract features into the cache (and optionally export them)")
     _add_extraction_args(e)
     e.add_argument("--export", default=None, help="write FILE.npz with <block>@<timestep> arrays")
+    e.add_argument("--shard", default=None, help="i/n: compute only the i-th of n parts (independent jobs, e.g. a "
+                                                 "Slurm array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    e.add_argument("--workers", type=int, default=None,
+                   help="image-decoding worker processes (default: 4 per process on CUDA, 0 on CPU)")
+    c = sub.add_parser("cache", help="list, verify or prune the feature cache")
+    c.add_argument("action", choices=["list", "verify", "prune"])
+    c.add_argument("--cache-dir", default=None, help="default: $DOMAINLENS_CACHE_DIR or ~/.cache/domainlens")
+    c.add_argument("--older-than", type=float, default=None, help="prune: settings not used for DAYS days")
+    c.add_argument("--max-size", default=None, help="prune: oldest first until the cache fits, e.g. 50GB")
+    c.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
     s = sub.add_parser("sweep", help="NMI over blocks x timesteps")
     _add_extraction_args(s)
     s.add_argument("--out", default=None, help="write the table as CSV")
@@ -169,7 +187,8 @@ def _config(args, timestep: int):
                             prompt=PromptSpec.parse(args.prompt, args.prompt_template), seed=args.seed,
                             ensemble=args.ensemble, resolution=args.resolution,
                             max_per_domain=args.max_per_domain, max_per_class=args.max_per_class,
-                            class_label=args.class_label, noise_mode=args.noise_mode)
+                            class_label=args.class_label, noise_mode=args.noise_mode,
+                            storage_dtype=getattr(args, "storage_dtype", "auto"))
 
 
 def _timesteps(args) -> list[int]:
@@ -199,7 +218,8 @@ def cmd_models(args) -> int:
 
 def cmd_extract(args) -> int:
     from core.backbones.registry import load_backbone
-    from core.engine.extract import get_features
+    from core.engine.distributed import current_split, device_for
+    from core.engine.extract import extract_chunks, get_features
 
     if args.export and not args.export.endswith(".npz"):
         raise ValueError(f"--export must name a .npz file, got {args.export!r}")
@@ -209,29 +229,54 @@ def cmd_extract(args) -> int:
 
     for name in ("resolution", "ensemble", "batch_size"):  # bounded with the reason, before the model loads
         check_size(name, getattr(args, name))
-    model = load_backbone(args.model, args.device, args.dtype)
-    _print_ignored(model, args)
+    split = current_split(args.shard, args.device)
+    if args.export and split.world > 1 and not split.group:
+        raise ValueError("--export needs every shard's features: run `extract --export ...` without --shard once "
+                         "all shards are done (it reads them from the cache)")
+    model = load_backbone(args.model, device_for(split, args.device), args.dtype)
+    if split.is_main:
+        _print_ignored(model, args)
+    workers = args.workers
+    if workers is None:
+        workers = 4 if getattr(getattr(model, "device", None), "type", "") == "cuda" else 0
     timesteps = _timesteps(args) if model.uses_timestep else [_timesteps(args)[0]]
     arrays: dict[str, np.ndarray] = {}
     for t in timesteps:
-        update, close = _progress(not args.no_progress, f"t={t}")
+        cfg = _config(args, t)
+        update, close = _progress(not args.no_progress and split.is_main,
+                                  f"t={t}" + (f" (all {split.world} ranks)" if split.group else ""))
         try:
-            fs = get_features(_config(args, t), args.blocks, batch_size=args.batch_size, cache_dir=args.cache_dir,
-                              progress=update, model=model)
+            stats = extract_chunks(cfg, args.blocks, split=split, batch_size=args.batch_size,
+                                   cache_dir=args.cache_dir, progress=update, model=model, workers=workers)
         finally:
             close()
+        print(f"rank {stats.rank}/{stats.world} computed {stats.computed} of {stats.n_images} images "
+              f"(t={t}, {stats.chunks} chunk(s) of this {'shard' if split.world > 1 and not split.group else 'rank'})",
+              flush=True)
+        if not split.is_main or (split.world > 1 and not split.group):
+            continue
+        fs = get_features(cfg, args.blocks, batch_size=args.batch_size, cache_dir=args.cache_dir, model=model)
+        computed = stats.computed + fs.n_unet_images
         label = f"t={t}" if model.uses_timestep else model.name
-        print(f"{label}: {len(fs)} images, {len(fs.features)} blocks, {fs.n_unet_images} computed, "
+        print(f"{label}: {len(fs)} images, {len(fs.features)} blocks, "
+              f"{computed if split.world == 1 else 'see rank lines:'} computed, "
               f"{len(fs.skipped)} skipped; cache key {fs.cache_key}")
-        for b, f in fs.features.items():
-            arrays[f"{b}@{t}" if model.uses_timestep else b] = f.astype(np.float32)
-        arrays.update(paths=np.array(fs.paths), domains=np.array(fs.domains), classes=np.array(fs.classes))
+        if args.export:
+            for b, f in fs.features.items():
+                arrays[f"{b}@{t}" if model.uses_timestep else b] = f.astype(np.float32)
+            arrays.update(paths=np.array(fs.paths), domains=np.array(fs.domains), classes=np.array(fs.classes))
         for name, why in fs.skipped:
             print(f"  skipped {name}: {why}")
-    if args.export:
+    if args.export and split.is_main:
         _write_atomic(args.export, lambda f: np.savez(f, **arrays))
         print(f"wrote {args.export} ({len(arrays) - 3} feature arrays)")
     return 0
+
+
+def cmd_cache(args) -> int:
+    from core.engine import cachetool
+
+    return cachetool.main(args)
 
 
 def cmd_sweep(args) -> int:
@@ -402,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         from core.views_cli import COMMANDS as VIEW_COMMANDS  # filmstrip, cka, stability, prompt-audit
 
         return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep,
-                "report": cmd_report, "dg": cmd_dg, **VIEW_COMMANDS}[args.command](args)
+                "report": cmd_report, "dg": cmd_dg, "cache": cmd_cache, **VIEW_COMMANDS}[args.command](args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

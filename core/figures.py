@@ -29,6 +29,9 @@ import plotly.graph_objects as go
 logger = logging.getLogger(__name__)
 
 WEBGL_ABOVE = 1000  # Plotly Express' own switch point: SVG scatter is slow beyond ~1k points
+# Above this many points a binned density heatmap replaces the scatter: a browser still pans a 100k-point WebGL
+# scatter, but the figure's JSON grows ~130 bytes a point (hover text, ids): 586k points would be ~75 MB.
+DENSITY_ABOVE = 100_000
 # Okabe-Ito (colour-blind safe) first, then Tableau 10 for larger label sets; readable on a projector.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000",
            "#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC948", "#B07AA1", "#FF9DA7",
@@ -64,8 +67,10 @@ def scatter(
     axis_titles: tuple[str, str] = ("", ""),
     ranges: tuple[Sequence[float], Sequence[float]] | None = None,
     images: dict[int, str] | None = None,
+    density_above: int | None = DENSITY_ABOVE,
 ) -> go.Figure:
-    """One trace per label category, in ``categories`` order (default: sorted labels).
+    """One trace per label category, in ``categories`` order (default: sorted labels); above
+    ``density_above`` points a :func:`density` view (binned heatmap) instead.
 
     Parameters
     ----------
@@ -89,6 +94,8 @@ def scatter(
         raise ValueError(f"{n} points but {len(labels)} labels")
     if hover is not None and len(hover) != n:
         raise ValueError(f"{n} points but {len(hover)} hover texts")
+    if density_above is not None and n > density_above:
+        return density(emb, title=title, height=height, ranges=ranges)
     cats = list(categories) if categories is not None else sorted(set(labels.tolist()))
     webgl = n > WEBGL_ABOVE if webgl is None else webgl
     trace_cls = go.Scattergl if webgl else go.Scatter
@@ -158,6 +165,31 @@ def add_point_images(fig: go.Figure, embedding: np.ndarray, images: dict[int, st
         dict(source=uri, xref="x", yref="y", x=float(emb[r, 0]), y=float(emb[r, 1]) + 0.08 * sy, sizex=sx, sizey=sy,
              xanchor="center", yanchor="bottom", sizing="contain", layer="above", opacity=1.0)
         for r, uri in images.items()])
+    return fig
+
+
+def density(embedding: np.ndarray, *, bins: int = 200, title: str | None = None, height: int = 560,
+            ranges: tuple[Sequence[float], Sequence[float]] | None = None) -> go.Figure:
+    """A binned density view of a 2-D layout (log-scaled counts per bin), for more points than a browser draws
+    smoothly: its size is ``bins**2`` cells whatever the number of points. Rows with NaN (points without a
+    position, e.g. outside a layout's sample) are left out and counted in the title."""
+    emb = np.asarray(embedding, dtype=np.float64)
+    ok = np.isfinite(emb[:, :2]).all(axis=1)
+    e = emb[ok, :2]
+    if ranges is None:
+        ranges = ((e[:, 0].min(), e[:, 0].max()), (e[:, 1].min(), e[:, 1].max())) if len(e) else ((0, 1), (0, 1))
+    counts, xe, ye = np.histogram2d(e[:, 0], e[:, 1], bins=bins, range=[list(ranges[0]), list(ranges[1])])
+    z = np.where(counts > 0, np.log10(np.maximum(counts, 1)) + 1, np.nan).T
+    fig = go.Figure(go.Heatmap(
+        x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2, z=z, customdata=counts.T, colorscale="Viridis",
+        hovertemplate="%{customdata:,} points<extra></extra>",
+        colorbar=dict(title="points", tickvals=[1, 2, 3, 4, 5, 6], ticktext=["1", "10", "100", "1k", "10k", "100k"]),
+    ))
+    shown = f"density of {int(ok.sum()):,} points" + (f" (of {len(emb):,}; the rest have no position)"
+                                                     if not ok.all() else "")
+    _base_layout(fig, f"{title} - {shown}" if title else shown, height)
+    fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
+    fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False)
     return fig
 
 

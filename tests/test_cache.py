@@ -20,6 +20,7 @@ import core.analysis.sweep
 from core.engine.cache import FeatureCache, atomic_save_npz, safe_load_npz
 from core.engine.extract import MICRO_BATCH, ExtractionConfig, cache_key, get_features, select_images
 from core.engine.prompts import PromptSpec
+from core.engine.store import DamagedChunk, read_chunk
 from core.testing import make_domainbed
 from core.backbones.registry import folder_identity
 from core.backbones.registry import load_backbone as load_model
@@ -67,8 +68,11 @@ class SimulatedKill(Exception):
 
 
 
-def chunk_files(cache_root, key):
-    return sorted(FeatureCache(cache_root).entry_dir(key).glob("chunk-*.npz"))
+def chunk_files(cache_root, key, layer=None):
+    """The chunk files of one layer (the first stored one when not given)."""
+    entry = FeatureCache(cache_root).entry_dir(key)
+    dirs = sorted(entry.glob("L-*")) if layer is None else [entry / f"L-{layer}"]
+    return sorted(dirs[0].glob("c-*.safetensors")) if dirs else []
 
 
 def assert_same_features(a, b):
@@ -152,7 +156,8 @@ def test_resume_after_kill_computes_only_the_rest(model, tiny_sd_dir, monkeypatc
             get_features(c, ["up_blocks.1", "mid_block"], model=model, batch_size=4, progress=progress,
                          cache_dir=str(tmp_path / "run"))
     files = chunk_files(tmp_path / "run", ref.cache_key)
-    assert [f.name for f in files] == ["chunk-00000.npz"]
+    assert [f.name for f in files] == ["c-00000.safetensors"]
+    assert [f.name for f in chunk_files(tmp_path / "run", ref.cache_key, "up_blocks.1")] == ["c-00000.safetensors"]
     assert not [p for p in files[0].parent.iterdir() if p.name.startswith(".tmp")]  # no half-written file
 
     with UNetCounter(model.unet) as counter:
@@ -190,48 +195,49 @@ def _empty(p):
     p.write_bytes(b"")
 
 
+def _rewrite(p, change):
+    """Re-encode a chunk file with ``change(tensors, metadata)`` applied (a well-formed safetensors file)."""
+    import safetensors
+    import safetensors.numpy
+
+    with safetensors.safe_open(str(p), "numpy") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    change(tensors, meta)
+    p.write_bytes(safetensors.numpy.save(tensors, metadata=meta))
+
+
 def _wrong_digest(p):
-    """A well-formed npz whose feature values were changed but whose stored digest was kept."""
-    with np.load(p) as z:
-        arrays = {k: z[k] for k in z.files}
-    key = next(k for k in arrays if k.startswith("f:"))
-    arrays[key] = arrays[key] + 1.0
-    with open(p, "wb") as f:
-        np.savez(f, **arrays)
+    """Feature values changed, stored checksum kept."""
+    _rewrite(p, lambda t, m: t.update(f=t["f"] + 1.0))
 
 
 def _no_digest(p):
-    with np.load(p) as z:
-        arrays = {k: z[k] for k in z.files if k != "__digest__"}
-    with open(p, "wb") as f:
-        np.savez(f, **arrays)
+    _rewrite(p, lambda t, m: m.pop("crc32"))
 
 
-def _bad_compression_field(p):
-    """One byte of the zip central directory: the compression method of the first member."""
+def _bad_header_length(p):
     b = bytearray(p.read_bytes())
-    i = b.index(b"PK\x01\x02")
-    b[i + 10] = 0x63  # method 99 (AES), not supported by zipfile -> NotImplementedError
+    b[0:8] = (len(b) * 4).to_bytes(8, "little")
     p.write_bytes(bytes(b))
 
 
-def _encrypted_flag(p):
-    b = bytearray(p.read_bytes())
-    i = b.index(b"PK\x01\x02")
-    b[i + 8] |= 0x01  # "encrypted" flag -> RuntimeError("... is encrypted, password required ...")
-    p.write_bytes(bytes(b))
+def _wrong_dtype(p):
+    _rewrite(p, lambda t, m: t.update(f=t["f"].astype(np.float64)))
 
 
 def _other_ids(p):
-    """Intact and with a valid digest, but for other images (e.g. a different selection)."""
-    with np.load(p) as z:
-        arrays = {k: z[k] for k in z.files if k != "__digest__"}
-    arrays["ids"] = np.array([f"x/{i}.png" for i in range(len(arrays["ids"]))])
-    atomic_save_npz(p, arrays)
+    """Intact and with a valid checksum, but for other images (e.g. a different selection)."""
+    _rewrite(p, lambda t, m: m.update(ids_sha="0" * 32))
 
 
-DAMAGES = [_flip_middle, _truncate, _garbage, _empty, _wrong_digest, _no_digest, _bad_compression_field,
-           _encrypted_flag, _other_ids]
+def _folder(p):
+    p.unlink()
+    p.mkdir()
+
+
+DAMAGES = [_flip_middle, _truncate, _garbage, _empty, _wrong_digest, _no_digest, _bad_header_length,
+           _wrong_dtype, _other_ids, _folder]
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=[d.__name__.strip("_") for d in DAMAGES])
@@ -244,13 +250,16 @@ def test_damaged_chunk_is_recomputed(model, tiny_sd_dir, monkeypatch, damage):
     damage(files[1])
     with UNetCounter(model.unet) as counter:
         again = get_features(c, ["up_blocks.1", "down_blocks.1"], model=model)
+        feats = {b: again.features[b] for b in again.features}  # a damaged data byte is found on reading
     assert again.n_unet_images == 8 and counter.images == 8  # only the damaged chunk
     assert again.ids == fs.ids
     for b in fs.features:
-        np.testing.assert_allclose(again.features[b], fs.features[b], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(feats[b], fs.features[b], rtol=0, atol=1e-6)
     # the recomputed chunk was written back intact
-    assert safe_load_npz(files[1]) is not None
-    assert get_features(c, ["up_blocks.1", "down_blocks.1"], model=model).n_unet_images == 0
+    read_chunk(files[1])
+    again = get_features(c, ["up_blocks.1", "down_blocks.1"], model=model)
+    [again.features[b] for b in again.features]
+    assert again.n_unet_images == 0
 
 
 def test_safe_load_survives_any_single_byte_flip(tmp_path):
@@ -304,24 +313,26 @@ class _Payload:
 
 
 def test_loading_never_unpickles(model, tiny_sd_dir, monkeypatch, tmp_path):
+    """An old-format (npz) chunk carrying a pickle is never unpickled: it is recomputed."""
     monkeypatch.setattr(FeatureCache, "CHUNK", 8)
     c = cfg(tiny_sd_dir)
     fs = get_features(c, ["up_blocks.1"], model=model)
-    files = chunk_files(os.environ["DOMAINLENS_CACHE_DIR"], fs.cache_key)
+    ref = fs.features["up_blocks.1"]
+    cache = FeatureCache()
     marker = tmp_path / "unpickled"
+    recs = select_images(c)[1]
+    ids = [r.id for r in recs[16:24]]
+    np.savez(cache.chunk_path(fs.cache_key, 2), ids=np.array([_Payload(marker)] + ids[1:], dtype=object),
+             skipped_ids=np.array([], dtype=str), skipped_reasons=np.array([], dtype=str),
+             **{"f:up_blocks.1": ref[16:24]})
+    chunk_files(os.environ["DOMAINLENS_CACHE_DIR"], fs.cache_key)[2].unlink()
 
-    with np.load(files[2]) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["ids"] = np.array([_Payload(marker)] + list(arrays["ids"][1:]), dtype=object)
-    with open(files[2], "wb") as f:
-        np.savez(f, **arrays)
-
-    assert safe_load_npz(files[2]) is None
+    assert safe_load_npz(cache.chunk_path(fs.cache_key, 2)) is None
     with UNetCounter(model.unet) as counter:
         again = get_features(c, ["up_blocks.1"], model=model)
     assert not marker.exists()
     assert again.n_unet_images == 8 and counter.images == 8
-    np.testing.assert_allclose(again.features["up_blocks.1"], fs.features["up_blocks.1"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(again.features["up_blocks.1"], ref, rtol=0, atol=1e-6)
 
     # the payload is live: a loader that allowed pickles would have run it
     evil = tmp_path / "evil.npz"
@@ -448,17 +459,26 @@ def test_cache_key_follows_model_weights(model, tiny_sd_dir, tiny_sd_copy):
     assert _key(cfg(same), load_model(str(same), "cpu")) == k0
 
 
-def test_chunk_layout_is_npz_without_pickles(model, tiny_sd_dir, monkeypatch):
+def test_chunk_layout_is_safetensors_per_layer(model, tiny_sd_dir, monkeypatch):
+    import safetensors.numpy
+
     monkeypatch.setattr(FeatureCache, "CHUNK", 8)
-    fs = get_features(cfg(tiny_sd_dir, max_per_domain=4), ["up_blocks.1"], model=model)
-    files = chunk_files(os.environ["DOMAINLENS_CACHE_DIR"], fs.cache_key)
-    assert len(files) == 2
+    fs = get_features(cfg(tiny_sd_dir, max_per_domain=4), ["up_blocks.1", "mid_block"], model=model)
+    entry = FeatureCache().entry_dir(fs.cache_key)
+    assert sorted(p.name for p in entry.iterdir()) == ["L-mid_block", "L-up_blocks.1", "meta.json"]
+    files = chunk_files(os.environ["DOMAINLENS_CACHE_DIR"], fs.cache_key, "up_blocks.1")
+    assert [f.name for f in files] == ["c-00000.safetensors", "c-00001.safetensors"]
     for f in files:
-        assert zipfile.is_zipfile(f)
-        with np.load(f, allow_pickle=False) as z:
-            assert {"ids", "f:up_blocks.1", "__digest__"} <= set(z.files)
-            assert all(z[k].dtype != object for k in z.files)
-            assert z["f:up_blocks.1"].dtype == np.float32 and z["f:up_blocks.1"].shape == (8, 32)
+        t = safetensors.numpy.load_file(f)  # any safetensors reader opens it
+        assert list(t) == ["f"] and t["f"].dtype == np.float32 and t["f"].shape == (8, 32)
+        assert f.stat().st_mode & 0o777 == 0o666 & ~_umask()  # the documented policy: like any user file
+    assert (entry / "meta.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def test_weight_hash_memo_follows_cache_dir_set_after_import(tiny_sd_copy, tmp_path, monkeypatch):

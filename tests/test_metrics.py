@@ -142,7 +142,9 @@ def test_score_features_bundles_everything():
     assert s.domain_probe_acc == pytest.approx(1.0) and s.domain_silhouette > 0.5
     assert s.n_images == 120
     assert set(s.to_dict()) == {"domain_nmi", "domain_nmi_std", "class_nmi", "class_nmi_std",
-                                "domain_probe_acc", "domain_silhouette", "n_images"}
+                                "domain_probe_acc", "domain_silhouette", "n_images", "kmeans_fit_points",
+                                "probe_points"}
+    assert s.kmeans_fit_points == 120 and s.probe_points == 120  # all points (no sample at this size)
     assert np.isnan(score_features(X, dom, cls, n_seeds=1, probe=False).domain_probe_acc)
 
 

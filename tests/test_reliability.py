@@ -401,7 +401,7 @@ def test_out_of_bounds_sizes_are_one_line_errors_with_the_reason(tmp_path, capsy
     rc, out, err = cli(capsys, *argv, "--model", "pixels", "--no-progress", "--cache-dir", tmp_path / "c",
                        "--dataset", good_tree(tmp_path / "ds"))
     assert rc == 2 and err.startswith("error: ") and fragment in err and len(err.strip().splitlines()) == 1
-    assert out == "" and not list((tmp_path / "c").rglob("chunk-*"))  # refused before extracting
+    assert out == "" and not list((tmp_path / "c").rglob("c-*.safetensors"))  # refused before extracting
 
 
 def test_memory_estimate_refuses_before_allocating():
@@ -435,7 +435,7 @@ def test_bad_output_path_is_refused_before_extracting(tmp_path, capsys, cmd, fla
     rc, _, err = cli(capsys, cmd, "--model", "pixels", "--no-progress", "--max-per-domain", "3",
                      "--cache-dir", cache, flag, make(tmp_path))
     assert rc == 2 and fragment in err
-    assert not list(cache.rglob("chunk-*.npz"))  # nothing was extracted
+    assert not list(cache.rglob("c-*.safetensors"))  # nothing was extracted
 
 
 # ----------------------------------------------------------------------------- 5. cache and faults
@@ -467,12 +467,13 @@ def test_stale_features_same_size_same_mtime_are_recomputed(tmp_path):
 def test_damaged_chunk_is_recomputed_to_the_same_features(tmp_path):
     root = good_tree(tmp_path / "ds")
     ref = _features(root, tmp_path / "cache")
-    (chunk,) = (tmp_path / "cache").rglob("chunk-*.npz")
+    (chunk,) = (tmp_path / "cache").rglob("c-*.safetensors")
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     chunk.write_bytes(bytes(raw))
     again = _features(root, tmp_path / "cache")
-    assert again.n_unet_images == 4 and np.array_equal(again.features["pixels"], ref.features["pixels"])
+    feats = again.features["pixels"]  # features are read (and checksummed) when first used
+    assert again.n_unet_images == 4 and np.array_equal(feats, ref.features["pixels"])
 
 
 def test_concurrent_writers_of_one_entry_agree(tmp_path):
@@ -534,7 +535,7 @@ def test_kill_9_then_resume_computes_only_the_rest_bit_identical(tmp_path):
             os._exit(3)
     try:
         deadline = time.monotonic() + 120
-        while not list(cache.rglob("chunk-00000.npz")):
+        while not list(cache.rglob("c-00000.safetensors")):
             assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0), "child ended early"
             time.sleep(0.02)
     finally:
@@ -568,7 +569,7 @@ def test_disk_full_is_a_message_leaves_nothing_partial_and_resumes(tmp_path, cap
         args = ["extract", "--dataset", root, "--model", "pixels", "--no-progress", "--cache-dir", mnt / "c"]
         rc, _, err = cli(capsys, *args)
         assert rc == 2 and "disk is full" in err and "run the same command again" in err
-        assert not [p for p in mnt.rglob("*") if p.suffix in (".tmp", ".npz")]  # nothing partial
+        assert not [p for p in mnt.rglob("*") if p.suffix in (".tmp", ".safetensors") or p.name.startswith(".tmp")]  # nothing partial
         subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True, timeout=10)
         rc, out, _ = cli(capsys, *args)
         assert rc == 0 and "300 images" in out

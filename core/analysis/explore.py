@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.engine.cache import FeatureCache
+from core.engine.cache import FeatureCache, stable_hash
 from core.data.datasets import Dataset
-from core.engine.extract import ExtractionConfig, FeatureSet, get_features
+from core.engine.extract import ExtractionConfig, FeatureSet, NotCached, get_features
 from core.analysis.metrics import Scores
 from core.backbones.base import Backbone
-from core.analysis.reduce import ReductionConfig, cached_reduce
+from core.analysis.reduce import LAYOUT_SAMPLE, ReductionConfig, layout_at_scale
 from core.analysis.sweep import cached_scores
 
 
@@ -23,8 +23,9 @@ from core.analysis.sweep import cached_scores
 class ExploreResult:
     features: FeatureSet
     block: str
-    embedding: np.ndarray  # (n_images, n_components)
+    embedding: np.ndarray  # (n_images, n_components); NaN rows: outside the layout's sample
     scores: Scores
+    layout_points: int = 0  # points the layout was fitted on (a stratified sample above LAYOUT_SAMPLE)
 
 
 def explore_view(
@@ -47,12 +48,29 @@ def explore_view(
     Pass the scanned ``dataset`` (``load_dataset(config.dataset)``, kept by the caller) to skip rescanning
     the folder on every call: on a warm call that scan is the largest cost (bench/ measures it).
     """
-    fs = get_features(config, "all" if all_blocks else [block], device=device, batch_size=batch_size,
-                      cache_dir=cache_dir, progress=progress, model=model, dataset=dataset)
+    kw = dict(device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress, model=model,
+              dataset=dataset)
+    try:  # warm: only this block's chunk headers are looked at, no other layer is touched
+        fs = get_features(config, [block], only_cached=True, **kw)
+    except NotCached:
+        fs = get_features(config, "all" if all_blocks else [block], **kw)
     if block not in fs.features:
         raise ValueError(f"unknown block {block!r}; this model has {list(fs.features)}")
     cache = FeatureCache(cache_dir)
-    X = fs.features[block]
-    emb = cached_reduce(X, reduction, cache)
+    emb, fitted = cached_layout(fs, block, reduction, cache)
     scores = cached_scores(fs, block, n_seeds=n_seeds, cache=cache)
-    return ExploreResult(fs, block, emb, scores)
+    return ExploreResult(fs, block, emb, scores, fitted)
+
+
+def cached_layout(fs: FeatureSet, block: str, reduction: ReductionConfig, cache: FeatureCache,
+                  max_points: int = LAYOUT_SAMPLE) -> tuple[np.ndarray, int]:
+    """:func:`core.analysis.reduce.layout_at_scale` of one block, cached under the features' cache key (which
+    fixes the images and their content), so a warm call reads no features at all."""
+    key = stable_hash({"features": fs.cache_key, "block": block, "n": len(fs.ids), "max_points": max_points,
+                       **reduction.params(), "v": 1}, 32)
+    hit = cache.load_result("layouts", key)
+    if hit is not None and hit["embedding"].shape == (len(fs.ids), reduction.n_components):
+        return hit["embedding"], int(hit["fitted"])
+    emb, fitted = layout_at_scale(fs.features[block], fs.domain_labels, reduction, max_points)
+    cache.save_result("layouts", key, {"embedding": emb, "fitted": np.array(fitted)})
+    return emb, fitted

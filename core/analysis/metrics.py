@@ -106,6 +106,8 @@ class Scores:
     domain_probe_acc: float
     domain_silhouette: float
     n_images: int
+    kmeans_fit_points: int = 0  # k-means was fitted on a seeded sample of this many points (all points labelled)
+    probe_points: int = 0  # the domain probe used a stratified sample of this many points
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +118,22 @@ def score_features(features: np.ndarray, domain_labels: np.ndarray, class_labels
     """All scores of one feature matrix (n_images, n_features)."""
     dn, dns = nmi(features, domain_labels, n_seeds)
     cn, cns = nmi(features, class_labels, n_seeds)
-    acc = probe_accuracy(features, domain_labels) if probe else float("nan")
+    n = len(features)
+    k = max(len(np.unique(domain_labels)), len(np.unique(class_labels)))
+    fit = n if n <= max(FIT_SAMPLE, 20 * k) else max(FIT_SAMPLE, 20 * k)
+    n_probe = min(n, PROBE_SAMPLE)
+    acc = float("nan")
+    if probe:
+        idx = _stratified(np.asarray(domain_labels), n_probe)
+        acc = probe_accuracy(np.asarray(features)[idx], np.asarray(domain_labels)[idx])
     sil = silhouette(features, domain_labels)
-    return Scores(dn, dns, cn, cns, acc, sil, int(len(features)))
+    return Scores(dn, dns, cn, cns, acc, sil, int(n), int(fit), int(n_probe if probe else 0))
+
+
+PROBE_SAMPLE = 20_000  # the cross-validated domain probe runs on at most this many points (stratified, seeded)
+
+
+def _stratified(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    from core.analysis.reduce import stratified_sample
+
+    return stratified_sample(labels, n, seed)

@@ -139,3 +139,45 @@ def warm_umap(n_small: int = 64, n_approx: int = 300, dim: int = 50, on_stage=No
         if on_stage is not None:
             on_stage("approx" if approx else "exact")
     return time.perf_counter() - t0
+
+
+LAYOUT_SAMPLE = 50_000  # t-SNE / UMAP are fitted on at most this many points (a stratified, seeded sample)
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` points, each label represented in proportion (at least one each), seeded."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    cats, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    take = np.maximum(1, np.floor(counts * n / len(labels)).astype(int))
+    out = [rng.choice(np.flatnonzero(inv == i), min(t, c), replace=False) for i, (t, c) in enumerate(zip(take, counts))]
+    return np.sort(np.concatenate(out))
+
+
+def layout_at_scale(features: np.ndarray, labels: np.ndarray, config: ReductionConfig = ReductionConfig(),
+                    max_points: int = LAYOUT_SAMPLE) -> tuple[np.ndarray, int]:
+    """(embedding (n, n_components) float32, number of points the layout was fitted on).
+
+    Up to ``max_points`` this is :func:`reduce`. Above it the layout is fitted on a stratified seeded sample of
+    ``max_points`` (stratified by ``labels``): PCA then places every point (its transform is exact); t-SNE and
+    UMAP give positions to the sample only and the other rows are NaN (figures show them as "sample of N":
+    openTSNE's / UMAP's ``transform`` of 500k more points would cost minutes on two cores)."""
+    X = np.asarray(features)
+    n = len(X)
+    if n <= max_points:
+        return reduce(X, config), n
+    idx = stratified_sample(labels, max_points, config.random_state)
+    if config.method == "pca":
+        from sklearn.decomposition import PCA
+
+        k = min(config.n_components, X.shape[1])
+        pca = PCA(n_components=k, random_state=config.random_state).fit(np.asarray(X[idx], dtype=np.float32))
+        out = np.zeros((n, config.n_components), np.float32)
+        for a in range(0, n, 65536):  # bounded memory: one block of rows at a time
+            out[a:a + 65536, :k] = pca.transform(np.asarray(X[a:a + 65536], dtype=np.float32))
+        return out, len(idx)
+    out = np.full((n, config.n_components), np.nan, np.float32)
+    out[idx] = reduce(np.asarray(X[idx], dtype=np.float32), config)
+    return out, len(idx)

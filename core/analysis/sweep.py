@@ -31,10 +31,11 @@ def cached_scores(fs: FeatureSet, block: str, n_seeds: int = 5, probe: bool = Tr
     """:func:`core.analysis.metrics.score_features` for one block of a feature set, cached on disk."""
     cache = cache or FeatureCache()
     key = stable_hash({"features": fs.cache_key, "block": block, "n_seeds": n_seeds, "probe": probe,
-                       "ids": stable_hash(fs.ids, 32), "v": 2}, 32)
+                       "n": len(fs.ids), "v": 3}, 32)  # the key fixes the images (selection + content)
     hit = cache.load_result("scores", key)
     if hit is not None:
-        return Scores(**{k: (int(v) if k == "n_images" else float(v)) for k, v in hit.items()})
+        return Scores(**{k: (int(v) if k in ("n_images", "kmeans_fit_points", "probe_points") else float(v))
+                         for k, v in hit.items()})
     s = score_features(fs.features[block], fs.domain_labels, fs.class_labels, n_seeds=n_seeds, probe=probe)
     cache.save_result("scores", key, {k: np.array(v) for k, v in s.to_dict().items()})
     return s

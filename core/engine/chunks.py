@@ -1,0 +1,212 @@
+"""The chunk loop of an extraction: which chunks are missing, computing them (this process's share), and
+reading a finished setting back one layer at a time.
+
+A setting's images (in selection order) are cut into chunks of :attr:`FeatureCache.CHUNK`; chunk ``c`` of
+layer ``L`` is one file (:mod:`core.engine.store`). Chunk boundaries never depend on batch size, process
+count or shard, so any mix of runs (1 process, N ranks, Slurm array shards, a re-run after a kill) fills the
+same files with the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from core.engine.cache import FeatureCache
+from core.engine.store import STORAGE_DTYPES, CacheError, DamagedChunk, ids_digest, read_header, read_into
+
+logger = logging.getLogger(__name__)
+
+# compute(chunk_index, records, layers, pool, progress_in_chunk) -> arrays as FeatureCache.save_chunk takes
+ComputeFn = Callable[[int, Sequence, list, object, Callable[[int], None]], dict]
+
+
+@dataclass
+class ChunkPlan:
+    cache: FeatureCache
+    key: str
+    records: Sequence  # ImageRecord, selection order
+    blocks: list[str]
+    storage: str = "float32"
+    headers: dict = field(default_factory=dict)  # (block, chunk) -> ChunkHeader of an intact, matching file
+
+    def __post_init__(self):
+        if self.storage not in STORAGE_DTYPES:
+            raise ValueError(f"storage dtype must be one of {list(STORAGE_DTYPES)}, got {self.storage!r}")
+        self.chunk = self.cache.CHUNK
+
+    @property
+    def n_chunks(self) -> int:
+        return (len(self.records) + self.chunk - 1) // self.chunk
+
+    def chunk_records(self, ci: int) -> Sequence:
+        return self.records[ci * self.chunk:(ci + 1) * self.chunk]
+
+    # ------------------------------------------------------------------------------ what is missing
+    def _header(self, block: str, ci: int, sha: str):
+        path = self.cache.layer_chunk_path(self.key, block, ci)
+        try:
+            h = read_header(path)
+        except DamagedChunk as e:
+            logger.warning("cache file %s is damaged (%s); recomputing", path, e)
+            return None
+        except OSError as e:
+            logger.warning("cache file %s cannot be read (%s); recomputing", path, e)
+            return None
+        if h is None:
+            return None
+        if h.ids_sha != sha:
+            logger.warning("cache file %s is for other images; recomputing", path)
+            return None
+        return h
+
+    def missing(self, chunks: Sequence[int], blocks: Sequence[str] | None = None) -> dict[int, list[str]]:
+        """{chunk: layers without an intact file} for ``chunks`` (headers only: no feature bytes are read)."""
+        blocks = list(blocks or self.blocks)
+        out = {}
+        for ci in chunks:
+            recs = self.chunk_records(ci)
+            sha = ids_digest([r.id for r in recs])
+            hs = {b: self._header(b, ci, sha) for b in blocks}
+            if any(h is None for h in hs.values()) and self._convert_legacy(ci, recs, [b for b, h in hs.items()
+                                                                                     if h is None]):
+                hs = {b: h or self._header(b, ci, sha) for b, h in hs.items()}
+            present = [h for h in hs.values() if h is not None]
+            if len({tuple(h.skipped) for h in present}) > 1:  # layers disagree on which images were readable
+                logger.warning("chunk %d of %s: layers disagree on skipped images; recomputing", ci, self.key)
+                hs = {b: None for b in hs}
+            for b, h in hs.items():
+                if h is not None:
+                    self.headers[(b, ci)] = h
+            lacking = [b for b, h in hs.items() if h is None]
+            if lacking:
+                out[ci] = lacking
+        return out
+
+    def _convert_legacy(self, ci, recs, blocks) -> bool:
+        """A valid pre-per-layer npz chunk becomes per-layer files (no model run)."""
+        if self.storage != "float32" or not self.cache.chunk_path(self.key, ci).is_file():
+            return False
+        arrays = self.cache.load_chunk(self.key, ci, [r.id for r in recs], blocks)
+        if arrays is None:
+            return False
+        keep = {k: v for k, v in arrays.items() if not k.startswith("f:") or k[2:] in blocks}
+        try:
+            self.cache.save_chunk(self.key, ci, keep, self.storage, [r.id for r in recs])
+        except CacheError as e:
+            logger.warning("old-format chunk %d cannot be converted (%s); it is recomputed", ci, e)
+            return False
+        return True
+
+    # ---------------------------------------------------------------------------------- computing
+    def run(self, todo: dict[int, list[str]], compute: ComputeFn, progress=None, workers: int = 0,
+            load_fn=None, total: int | None = None, done0: int = 0, pin_memory: bool = False) -> int:
+        """Compute and store the missing layers of the chunks in ``todo`` (in chunk order); returns the number
+        of images that went through the model. ``load_fn(records)`` (decode + preprocess, as the engine does)
+        runs in ``workers`` DataLoader worker processes ahead of the model when ``workers > 0``."""
+        from core.engine.loader import prefetched_chunks
+
+        order = sorted(todo)
+        total = total if total is not None else sum(len(self.chunk_records(ci)) for ci in order)
+        done = [done0]
+        n_model = 0
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for ci, pre in prefetched_chunks(order, self.chunk_records, load_fn, workers, pin_memory):
+                recs = self.chunk_records(ci)
+                arrays = compute(ci, recs, todo[ci], pre if pre is not None else pool,
+                                 lambda k: progress(done[0] + k, total) if progress else None)
+                self.cache.save_chunk(self.key, ci, arrays, self.storage, [r.id for r in recs])
+                n_model += len(arrays["ids"])
+                sha = ids_digest([r.id for r in recs])
+                for b in todo[ci]:
+                    h = self._header(b, ci, sha)
+                    if h is None:
+                        raise CacheError(5, f"a chunk just written to {self.cache.root} does not read back: "
+                                            "is the cache folder on a failing or full disk?")
+                    self.headers[(b, ci)] = h
+                done[0] += len(recs)
+                if progress:
+                    progress(done[0], total)
+        return n_model
+
+    # ----------------------------------------------------------------------------------- reading
+    def read_layer(self, block: str, repair: Callable[[int, str], None] | None = None) -> np.ndarray:
+        """One layer of every chunk, streamed into one (n_readable_images, channels) float32 array (read in the
+        stored dtype, so a float16 setting reads half the bytes); a chunk that fails its checksum is recomputed
+        through ``repair`` (or raises)."""
+        hs = [self.headers[(block, ci)] for ci in range(self.n_chunks)]
+        rows = sum(h.n_rows for h in hs)
+        cols = max((h.n_cols for h in hs if h.n_rows), default=0)
+        out = np.empty((rows, cols), STORAGE_DTYPES[self.storage][1])
+        r = 0
+        for ci, h in enumerate(hs):
+            if not h.n_rows:
+                continue
+            try:
+                if h.n_cols != cols or h.dtype != out.dtype:
+                    raise DamagedChunk("shape or dtype differs from the other chunks")
+                read_into(h, out[r:r + h.n_rows])
+            except DamagedChunk as e:
+                if repair is None:
+                    raise CacheError(5, f"cache file {h.path} is damaged ({e}); run the extraction again") from None
+                logger.warning("cache file %s is damaged (%s); recomputing", h.path, e)
+                repair(ci, block)
+                h2 = self.headers[(block, ci)]
+                if h2.n_rows != h.n_rows or h2.n_cols != cols:
+                    raise CacheError(5, f"recomputed chunk {h.path} has another shape; clear the cache entry")
+                read_into(h2, out[r:r + h.n_rows])
+            r += h.n_rows
+        return out.astype(np.float32, copy=False)
+
+    def kept_records(self) -> list:
+        """Records of the readable images (every chunk's skipped ones left out), in order."""
+        first = self.blocks[0]
+        skipped = {i for ci in range(self.n_chunks) for i, _ in self.headers[(first, ci)].skipped}
+        return [r for r in self.records if r.id not in skipped] if skipped else list(self.records)
+
+    def skipped(self) -> list[tuple[str, str]]:
+        first = self.blocks[0]
+        return [tuple(s) for ci in range(self.n_chunks) for s in self.headers[(first, ci)].skipped]
+
+
+class LayerFeatures(Mapping):
+    """``FeatureSet.features``: block -> (n_images, channels) float32, read from the cache on first access (one
+    layer's files only) and then kept."""
+
+    def __init__(self, plan: ChunkPlan, repair: Callable[[int, str], None] | None = None):
+        self._plan = plan
+        self._repair = repair
+        self._loaded: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, block: str) -> np.ndarray:
+        if block not in self._plan.blocks:
+            raise KeyError(block)
+        if block not in self._loaded:
+            self._loaded[block] = self._plan.read_layer(block, self._repair)
+        return self._loaded[block]
+
+    def __contains__(self, block) -> bool:  # Mapping's default would read the layer
+        return block in self._plan.blocks
+
+    def __iter__(self):
+        return iter(self._plan.blocks)
+
+    def __len__(self) -> int:
+        return len(self._plan.blocks)
+
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def __repr__(self) -> str:
+        return f"LayerFeatures({self._plan.blocks}, loaded={self.loaded()})"
+
+
+def split_evenly(items: Sequence, part: int, parts: int) -> list:
+    """The ``part``-th of ``parts`` contiguous, near-equal slices of ``items`` (no padding, no duplicates)."""
+    n = len(items)
+    return list(items[part * n // parts:(part + 1) * n // parts])

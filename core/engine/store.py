@@ -1,0 +1,233 @@
+"""Per-layer chunk files of the feature cache: one safetensors file per (setting, layer, chunk of images).
+
+Layout inside a setting's folder (``<cache>/features/<key[:2]>/<key>/``)::
+
+    L-<layer>/c-00000.safetensors   # rows = the chunk's readable images, in order; one tensor "f"
+    L-<layer>/c-00001.safetensors
+    meta.json                       # what the setting is (config, model, dataset, size); never needed to read
+
+Why safetensors shards rather than Zarr v3 (both were candidates):
+
+* a chunk file is written whole to a temp name and renamed (atomic) by whichever process computed it, so
+  N processes on N nodes fill one setting with no shared array metadata to create or lock (a Zarr array's
+  ``zarr.json`` must exist before any chunk, and Zarr's local store writes chunk files in place);
+* a chunk carries its own ids digest, skipped images and checksum in the header, so it is verified, resumed
+  or recomputed alone, and a chunk with unreadable images simply has fewer rows (a Zarr array has fixed
+  rows, so skipped images would need a mask array kept in step);
+* safetensors is already the project's only weights format (no pickles by construction), it needs no new
+  dependency, and the files open with ``safetensors.numpy.load_file`` or any safetensors reader.
+
+Reading one layer streams that layer's files straight into one preallocated array (``readinto``: no
+temporary copy, no other layer's bytes touched) and checks each chunk's CRC-32 as it goes. CRC-32, not
+SHA-256, because the checksum guards against torn or damaged files, not tampering (anyone who can write the
+file can rewrite a stored digest too), and zlib's CRC-32 runs at ~3 GB/s here against ~1.3 GB/s for SHA-256,
+so one-layer reads stay near the disk's speed.
+
+File modes: chunk and meta files get ``0666 & ~umask`` (0644 with the usual umask 022), like any file the
+user creates; for a cache shared by a group, set ``umask 002`` (and a setgid folder). Never 0600.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "domainlens-chunk-2"
+STORAGE_DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16)}
+_BY_CODE = {code: dt for code, dt in STORAGE_DTYPES.values()}
+MAX_HEADER = 64 << 20
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
+class CacheError(OSError):
+    """A cache folder that cannot be used (disk full, not a folder, not writable): the message says the fix."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class DamagedChunk(Exception):
+    pass
+
+
+def layer_dirname(layer: str) -> str:
+    """A file-system-safe folder name for a layer (names like ``up_blocks.1`` are kept as they are)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", layer)
+    if safe != layer or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{zlib.crc32(layer.encode()):08x}"
+    return f"L-{safe}"
+
+
+def ids_digest(ids) -> str:
+    from core.engine.cache import stable_hash
+
+    return stable_hash([str(i) for i in ids], 32)
+
+
+@dataclass
+class ChunkHeader:
+    """What a chunk file says about itself (read without touching its data)."""
+
+    path: Path
+    ids_sha: str  # digest of the ids the chunk was asked for (readable + skipped)
+    skipped: list  # [(id, reason)]
+    n_rows: int
+    n_cols: int
+    dtype: np.dtype
+    crc32: int
+    data_start: int
+    data_len: int
+
+
+def _disk_error(e: OSError, path: Path) -> OSError:
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        return CacheError(e.errno, f"the disk is full (writing the feature cache in {path.parent}): nothing partial "
+                                   "was kept; free space (e.g. `python -m core cache prune --max-size 50GB`) or "
+                                   "pass another --cache-dir, then run the same command again to resume")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return CacheError(e.errno, f"the feature cache folder {path.parent} is not writable ({e.strerror}); "
+                                   "features that are already cached can still be read, but missing ones cannot "
+                                   "be stored: pass a writable --cache-dir (or set DOMAINLENS_CACHE_DIR)")
+    return e
+
+
+def ensure_folder(folder: Path) -> None:
+    """mkdir -p with a clear message when a path component is a regular file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        p = folder
+        while p != p.parent and not p.exists():
+            p = p.parent
+        raise CacheError(errno.ENOTDIR, f"cannot use {folder} as a cache folder: {p} is a file, not a folder; pass "
+                                        "another --cache-dir (or DOMAINLENS_CACHE_DIR)") from None
+    except OSError as e:
+        raise _disk_error(e, folder / "x") from None
+
+
+def _write_all(f, data) -> None:
+    f.write(data)
+    f.flush()
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to a temp file in the same folder and rename it to ``path``; on any failure (disk full)
+    the temp file is removed and ``path`` is unchanged."""
+    ensure_folder(path.parent)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
+            _write_all(f, data)
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError:  # an empty folder where the chunk goes (damage): replace it
+            os.rmdir(path)
+            os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise _disk_error(e, path) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def encode_chunk(features: np.ndarray, ids_sha: str, skipped, storage: str, layer: str) -> bytes:
+    """One chunk of one layer as safetensors bytes: tensor ``f`` (rows, channels) in ``storage`` dtype, and
+    metadata (format, layer, ids digest, skipped images, CRC-32 of the tensor bytes)."""
+    import safetensors.numpy
+
+    code, dt = STORAGE_DTYPES[storage]
+    f = np.ascontiguousarray(np.asarray(features, dtype=dt))
+    if f.ndim != 2:
+        f = f.reshape(len(f), -1)
+    meta = {"format": FORMAT, "layer": layer, "ids_sha": ids_sha,
+            "skipped": json.dumps([[str(i), str(w)] for i, w in skipped]), "crc32": str(zlib.crc32(f.data))}
+    return safetensors.numpy.save({"f": f}, metadata=meta)
+
+
+def read_header(path: Path) -> ChunkHeader | None:
+    """Parse and check a chunk file's header (bounds, dtype, sizes); ``None`` when absent; raises
+    :class:`DamagedChunk` when the file is not a well-formed chunk."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            if len(head) < 8:
+                raise DamagedChunk("shorter than a header")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(MAX_HEADER, size - 8):
+                raise DamagedChunk("header length out of bounds")
+            raw = fh.read(n)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise DamagedChunk("a folder, not a file") from None
+    try:
+        h = json.loads(raw)
+        meta = h.pop("__metadata__")
+        if meta.get("format") != FORMAT or set(h) != {"f"}:
+            raise DamagedChunk(f"not a {FORMAT} file")
+        t = h["f"]
+        dt = _BY_CODE[t["dtype"]]
+        rows, cols = (int(x) for x in t["shape"])
+        a, b = (int(x) for x in t["data_offsets"])
+        skipped = [tuple(map(str, s)) for s in json.loads(meta["skipped"])]
+        crc = int(meta["crc32"])
+        ids_sha = str(meta["ids_sha"])
+    except DamagedChunk:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DamagedChunk(f"unreadable header ({type(e).__name__})") from None
+    itemsize = np.dtype(dt).itemsize
+    if rows < 0 or cols < 0 or a != 0 or b != rows * cols * itemsize or 8 + n + b != size:
+        raise DamagedChunk("sizes in the header do not match the file")
+    return ChunkHeader(path, ids_sha, skipped, rows, cols, np.dtype(dt), crc, 8 + n, b)
+
+
+def read_into(header: ChunkHeader, out: np.ndarray) -> None:
+    """Stream the chunk's rows into ``out`` (shape (rows, cols), the stored dtype, C-contiguous) and check the
+    CRC-32; raises :class:`DamagedChunk` on a short read or a checksum mismatch."""
+    view = memoryview(out).cast("B")
+    if len(view) != header.data_len:
+        raise DamagedChunk("output buffer size mismatch")
+    try:
+        with open(header.path, "rb", buffering=0) as fh:
+            fh.seek(header.data_start)
+            got = 0
+            while got < header.data_len:
+                k = fh.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+    except FileNotFoundError:
+        raise DamagedChunk("file disappeared") from None
+    if got != header.data_len:
+        raise DamagedChunk("truncated")
+    if zlib.crc32(view) != header.crc32:
+        raise DamagedChunk("checksum mismatch")
+
+
+def read_chunk(path: Path) -> tuple[ChunkHeader, np.ndarray]:
+    h = read_header(path)
+    if h is None:
+        raise DamagedChunk("absent")
+    out = np.empty((h.n_rows, h.n_cols), h.dtype)
+    read_into(h, out)
+    return h, out

@@ -476,22 +476,30 @@ def test_damaged_chunk_is_recomputed_to_the_same_features(tmp_path):
     assert again.n_unet_images == 4 and np.array_equal(feats, ref.features["pixels"])
 
 
+def _python(code: str, *args) -> subprocess.Popen:
+    """A fresh interpreter (not a fork: a child forked from a process whose OpenMP pool is running can hang
+    in its first parallel op) running ``code`` with ``sys.argv[1:] = args``, from the repository root."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+WRITER = """
+import sys, numpy as np
+from core.backbones.registry import load_backbone
+from core.engine.extract import ExtractionConfig, get_features
+root, cache, out = sys.argv[1:]
+fs = get_features(ExtractionConfig(dataset=root, model="pixels"), cache_dir=cache, model=load_backbone("pixels"))
+np.save(out, fs.features["pixels"])
+"""
+
+
 def test_concurrent_writers_of_one_entry_agree(tmp_path):
-    """Four processes (forked: no re-import) extract the same entry into one cache at once."""
+    """Four processes extract the same entry into one cache at once."""
     root = good_tree(tmp_path / "ds", n=6)
-    pids = []
-    for k in range(4):
-        pid = os.fork()
-        if pid == 0:  # child: write its features, exit without running pytest's teardown
-            code = 1
-            try:
-                np.save(tmp_path / f"out{k}.npy", _features(root, tmp_path / "cache").features["pixels"])
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
-    assert codes == [0, 0, 0, 0]
+    procs = [_python(WRITER, root, tmp_path / "cache", tmp_path / f"out{k}.npy") for k in range(4)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-500:] for _, err in results]
     out = [np.load(tmp_path / f"out{k}.npy") for k in range(4)]
     assert all(np.array_equal(o, out[0]) for o in out)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
@@ -507,41 +515,37 @@ def test_pickle_weights_are_refused_before_anything_is_read(tmp_path, capsys):
     assert rc == 2 and "only pickle weights (diffusion_pytorch_model.bin)" in err and "safetensors" in err
 
 
-def test_kill_9_then_resume_computes_only_the_rest_bit_identical(tmp_path):
-    """A real SIGKILL of a process running ``python -m core extract`` (forked, so nothing is re-imported),
-    held after its first chunk so the kill lands mid-extraction."""
-    import core.engine.extract as engine
+HELD_CLI = """
+import sys, time
+import core.engine.extract as engine
+from core.cli import main
+real, calls = engine._compute_chunk, []
+def held(*a, **k):  # sit in the second chunk until killed
+    out = real(*a, **k)
+    if calls:
+        time.sleep(120)
+    calls.append(1)
+    return out
+engine._compute_chunk = held
+main(["extract", "--dataset", sys.argv[1], "--model", "pixels", "--no-progress", "--cache-dir", sys.argv[2]])
+"""
 
+
+def test_kill_9_then_resume_computes_only_the_rest_bit_identical(tmp_path):
+    """A real SIGKILL of a process running the CLI's extract, held after its first chunk so the kill lands
+    mid-extraction."""
     root = make_tree(tmp_path / "ds", {"d0": {"c": 150}, "d1": {"c": 150}})  # 300 images: 2 chunks of 256
     cache = tmp_path / "cache"
-    pid = os.fork()
-    if pid == 0:  # child: the CLI, made to sit in its second chunk until killed
-        try:
-            real = engine._compute_chunk
-            calls = []
-
-            def held(*a, **k):
-                out = real(*a, **k)
-                if calls:
-                    time.sleep(120)
-                calls.append(1)
-                return out
-
-            engine._compute_chunk = held
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                cli_main(["extract", "--dataset", str(root), "--model", "pixels", "--no-progress",
-                          "--cache-dir", str(cache)])
-        finally:
-            os._exit(3)
+    proc = _python(HELD_CLI, root, cache)
     try:
         deadline = time.monotonic() + 120
         while not list(cache.rglob("c-00000.safetensors")):
-            assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0), "child ended early"
+            assert time.monotonic() < deadline and proc.poll() is None, "child ended early"
             time.sleep(0.02)
     finally:
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
     resumed = _features(root, cache)
     assert resumed.n_unet_images == 300 - 256  # the killed run's chunk was kept
     fresh = _features(root, tmp_path / "fresh")

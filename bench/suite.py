@@ -621,40 +621,38 @@ def bench_metrics(ctx: Ctx, n: int = 100_000, dim: int = 1280, n_domains: int = 
 
 
 def bench_cache(ctx: Ctx, n_images: int = 1024, channels: int = 1280, reps: int | None = None) -> dict:
-    """On-disk size and load time per 1k images per block (fp32 vs fp16 npz) and DomainNet extrapolation."""
-    from core.engine.cache import FeatureCache, safe_load_npz
+    """On-disk size and load time per 1k images per layer (fp32 vs fp16 per-layer safetensors chunks) and the
+    DomainNet extrapolation."""
+    import safetensors.numpy
+
+    from core.engine.cache import FeatureCache
+    from core.engine.store import read_chunk
 
     reps = reps or (3 if ctx.quick else 7)
     root = ctx.work / f"cache-bench-{time.time_ns()}"
     X, _, _ = clustered_features(n_images, channels, seed=3)
     ids = np.array([f"domain{i % 6}/class{i % 345:03d}/image_{i:07d}.jpg" for i in range(n_images)], dtype=str)
     chunk = FeatureCache.CHUNK
+    n_chunks = (n_images + chunk - 1) // chunk
     res = {}
     for dt in ("float32", "float16"):
         cache = FeatureCache(root / dt)
-        n_chunks = (n_images + chunk - 1) // chunk
         for ci in range(n_chunks):
             sl = slice(ci * chunk, (ci + 1) * chunk)
             cache.save_chunk("k" * 32, ci, {"ids": ids[sl], "skipped_ids": np.array([], dtype=str),
                                            "skipped_reasons": np.array([], dtype=str),
-                                           "f:up_blocks.1": X[sl].astype(dt)})
-        paths = [cache.chunk_path("k" * 32, ci) for ci in range(n_chunks)]
+                                           "f:up_blocks.1": X[sl]}, storage=dt)
+        paths = [cache.layer_chunk_path("k" * 32, "up_blocks.1", ci) for ci in range(n_chunks)]
         size = sum(p.stat().st_size for p in paths)
         feat_bytes = X.astype(dt).nbytes
 
         def load_core():
-            return [cache.load_chunk("k" * 32, ci, list(ids[ci * chunk:(ci + 1) * chunk]), ["up_blocks.1"])
-                    for ci in range(n_chunks)]
+            return [read_chunk(p)[1] for p in paths]
 
         def load_raw():
-            out = []
-            for p in paths:
-                with np.load(p, allow_pickle=False) as z:
-                    out.append(z["f:up_blocks.1"])
-            return out
+            return [safetensors.numpy.load_file(p)["f"] for p in paths]
 
-        assert all(c is not None for c in load_core())
-        assert safe_load_npz(paths[0]) is not None
+        assert np.allclose(np.concatenate(load_core()).astype(np.float32), X, atol=1e-2)
         t = interleaved({"core": load_core, "raw": load_raw}, reps, warmup=1)
         per_1k = 1000 / n_images
         res[dt] = {"bytes_per_1k": size * per_1k, "feature_bytes_per_1k": feat_bytes * per_1k,
@@ -662,34 +660,29 @@ def bench_cache(ctx: Ctx, n_images: int = 1024, channels: int = 1280, reps: int 
     rows = []
     for dt, r in res.items():
         rows += [
-            row(f"cache size per 1k images x 1 block (C={channels}), {dt} npz", round(r["bytes_per_1k"] / 1e6, 2), "MB",
-                None, None, f"features {r['feature_bytes_per_1k'] / 1e6:.2f} MB + ids, digest, zip headers"),
-            row(f"cache load per 1k images x 1 block, {dt} (FeatureCache.load_chunk, SHA-256 checked)",
+            row(f"cache size per 1k images x 1 layer (C={channels}), {dt} safetensors", round(r["bytes_per_1k"] / 1e6, 2),
+                "MB", None, None, f"features {r['feature_bytes_per_1k'] / 1e6:.2f} MB + header (ids digest, CRC-32)"),
+            row(f"cache load per 1k images x 1 layer, {dt} (store.read_chunk, CRC-32 checked)",
                 round(r["load_core_s_per_1k"] * 1000, 1), "ms", None, None,
-                f"np.load alone {r['load_raw_s_per_1k'] * 1000:.1f} ms; from the page cache"),
+                f"safetensors.numpy.load_file alone {r['load_raw_s_per_1k'] * 1000:.1f} ms; from the page cache"),
         ]
-    # one block out of a chunk holding all nine SD-2.1 blocks (how get_features stores an all-block extraction)
+    # one layer of a setting holding all nine SD-2.1 blocks: only that layer's files are read
     cache9 = FeatureCache(root / "all-blocks")
     n9 = min(n_images, chunk)
-    ids9 = list(ids[:n9])
     cache9.save_chunk("a" * 32, 0, {"ids": ids[:n9], "skipped_ids": np.array([], dtype=str),
                                     "skipped_reasons": np.array([], dtype=str),
                                     **{f"f:{b}": clustered_features(n9, c, seed=i)[0]
                                        for i, (b, c) in enumerate(SD21_CHANNELS.items())}})
-    p9 = cache9.chunk_path("a" * 32, 0)
-
-    def one_block_lazy():
-        with np.load(p9, allow_pickle=False) as z:  # zip members are CRC-32 checked as they are read
-            return z["ids"], z["f:up_blocks.1"]
-
-    t = interleaved({"core": lambda: cache9.load_chunk("a" * 32, 0, ids9, ["up_blocks.1"]), "lazy": one_block_lazy},
-                    reps, warmup=1)
+    all9 = [cache9.layer_chunk_path("a" * 32, b, 0) for b in SD21_CHANNELS]
+    p9 = cache9.layer_chunk_path("a" * 32, "up_blocks.1", 0)
+    t = interleaved({"core": lambda: [read_chunk(p) for p in all9], "lazy": lambda: read_chunk(p9)}, reps, warmup=1)
     lazy_x = ratio_of_medians(t["core"], t["lazy"])
-    rows.append(_speed_row("one block (up_blocks.1) from an all-block chunk: load_chunk / read that member only",
+    total9 = sum(p.stat().st_size for p in all9)
+    rows.append(_speed_row("one layer (up_blocks.1) of an all-block setting: all nine layers' files / that layer's",
                            lazy_x, None, f"{median(t['core']) * 1000 / n9 * 1000:.1f} ms vs "
-                           f"{median(t['lazy']) * 1000 / n9 * 1000:.1f} ms per 1k images; the chunk holds "
-                           f"{p9.stat().st_size / 1e6:.1f} MB for {n9} images"))
-    one_block = {"images": n9, "bytes": p9.stat().st_size, "load_chunk_s": t["core"], "one_member_s": t["lazy"]}
+                           f"{median(t['lazy']) * 1000 / n9 * 1000:.1f} ms per 1k images; the nine files hold "
+                           f"{total9 / 1e6:.1f} MB for {n9} images, up_blocks.1 {p9.stat().st_size / 1e6:.1f} MB"))
+    one_block = {"images": n9, "bytes": total9, "all_layers_s": t["core"], "one_layer_s": t["lazy"]}
     total_c = sum(SD21_CHANNELS.values())
     scale = DOMAINNET_IMAGES / 1000 * total_c / channels
     up1 = DOMAINNET_IMAGES / 1000 * SD21_CHANNELS["up_blocks.1"] / channels

@@ -190,7 +190,7 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
             wait_idle(page)
             assert page.locator('[data-testid="stImage"] img').first.get_attribute("src").startswith("data:image/png")
             # lasso a region: a grid of the selected images with their labels
-            page.locator('.js-plotly-plot .modebar-btn[data-title="Lasso Select"]').click()
+            page.locator('.js-plotly-plot .modebar-btn[data-title="Lasso Select"]').first.click()
             box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
             page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.05)
             page.mouse.down()

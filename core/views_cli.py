@@ -156,10 +156,10 @@ def cmd_cka(args) -> int:
 
     model = load(args.model, args.device)
     blocks = None if args.blocks in (None, "all") else [b.strip() for b in args.blocks.split(",")]
-    cfg = _config(args, args.timesteps[0])
+    cfg = _config(args, (args.timesteps or [50])[0])
     update, close = _progress(args, "cka")
     try:
-        layers, ids = model_layers(cfg, blocks, args.timesteps, model=model, batch_size=args.batch_size,
+        layers, ids = model_layers(cfg, blocks, args.timesteps or [50], model=model, batch_size=args.batch_size,
                                    cache_dir=args.cache_dir, progress=update)
         others = None
         if args.other_model:
@@ -167,7 +167,7 @@ def cmd_cka(args) -> int:
 
             other = load(args.other_model, args.device)
             ocfg = replace(cfg, model=args.other_model)
-            others, oids = model_layers(ocfg, None, args.timesteps, model=other, batch_size=args.batch_size,
+            others, oids = model_layers(ocfg, None, args.timesteps or [50], model=other, batch_size=args.batch_size,
                                         cache_dir=args.cache_dir, prefix=f"{args.other_model}: ")
             ra, rb = common_rows(ids, oids)
             layers = {k: v[ra] for k, v in layers.items()}
@@ -182,7 +182,7 @@ def cmd_cka(args) -> int:
     wide = pd.DataFrame(M, index=rows, columns=cols).reset_index(names="layer")
     print(f"{measure}: {len(rows)} x {len(cols)} layers, {len(next(iter(layers.values())))} images"
           + (f", each layer projected on {max_dim} principal components" if max_dim else ""))
-    opts = dict(timesteps=args.timesteps, blocks=args.blocks, other_model=args.other_model, debiased=args.debiased,
+    opts = dict(timesteps=args.timesteps or [50], blocks=args.blocks, other_model=args.other_model, debiased=args.debiased,
                 max_dim=args.max_dim)
     spec = {"view": "cka", "extraction": cfg.to_dict(), "measure": measure, "max_dim": max_dim,
             **{k: v for k, v in opts.items() if k not in ("debiased", "max_dim")},
@@ -199,7 +199,7 @@ def cmd_stability(args) -> int:
 
     model = load(args.model, args.device)
     block = args.block or model.default_block
-    cfg = _config(args, args.timesteps[0])
+    cfg = _config(args, (args.timesteps or [50])[0])
     update, close = _progress(args, "stability")
     try:
         st = stability(cfg, block, noise_seeds=args.noise_seeds, ensembles=args.ensembles,
@@ -211,7 +211,7 @@ def cmd_stability(args) -> int:
     print(f"paper's single-draw protocol: domain NMI {st.reference:.3f}")
     if args.difference is not None:
         print(spread_sentence(st.summary, args.difference))
-    opts = dict(timesteps=args.timesteps, block=block, noise_seeds=args.noise_seeds, ensembles=args.ensembles,
+    opts = dict(timesteps=args.timesteps or [50], block=block, noise_seeds=args.noise_seeds, ensembles=args.ensembles,
                 kmeans_seeds=args.kmeans_seeds, bootstraps=args.bootstraps)
     spec = {"view": "stability", "extraction": cfg.to_dict(), **opts, "reference": st.reference,
             "cli": command("stability", **_common_opts(args), **opts, out=args.out)}
@@ -224,7 +224,7 @@ def cmd_prompt_audit(args) -> int:
     from core.views_figures import prompt_audit_figure
 
     model = load(args.model, args.device)
-    cfg = _config(args, args.timesteps[0])
+    cfg = _config(args, (args.timesteps or [50])[0])
     update, close = _progress(args, "prompt audit")
     try:
         df = prompt_audit(cfg, args.blocks, model=model, batch_size=args.batch_size, cache_dir=args.cache_dir,
@@ -232,7 +232,7 @@ def cmd_prompt_audit(args) -> int:
     finally:
         close()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    opts = dict(timesteps=args.timesteps[:1], blocks=args.blocks, constant=args.constant)
+    opts = dict(timesteps=(args.timesteps or [50])[:1], blocks=args.blocks, constant=args.constant)
     spec = {"view": "prompt-audit", "extraction": cfg.to_dict(), **opts,
             "cli": command("prompt-audit", **_common_opts(args), **opts, out=args.out)}
     _write(Path(args.out), spec, {"prompt_audit": df, "leakage": leakage(df)},

@@ -208,6 +208,18 @@ def test_cli_views_write_csv_html_and_config(tiny_sd_dir, tmp_path, capsys):
     assert "no timestep" in capsys.readouterr().err
 
 
+def test_cli_views_without_timesteps_use_t50(tiny_sd_dir, tmp_path):
+    """`--timesteps` left out (as in the README's commands) means t = 50, never a traceback."""
+    from core.cli import main
+
+    common = ["--model", str(tiny_sd_dir), "--max-per-domain", "3", "--no-progress"]
+    assert main(["stability", *common, "--block", "up_blocks.1", "--noise-seeds", "2", "--ensembles", "1,2",
+                 "--kmeans-seeds", "2", "--bootstraps", "2", "--out", str(tmp_path / "stab")]) == 0
+    assert json.loads((tmp_path / "stab" / "config.json").read_text())["timesteps"] == [50]
+    assert main(["prompt-audit", *common, "--blocks", "up_blocks.1", "--out", str(tmp_path / "audit")]) == 0
+    assert (tmp_path / "audit" / "config.json").exists()
+
+
 # ------------------------------------------------------------------------------------------------ pages
 
 

@@ -362,6 +362,18 @@ def test_sweep_page_matches_core_sweep(tiny_app, tiny_sd_dir):
     assert any("--timesteps 10,500 --blocks mid_block,up_blocks.1" in c.value for c in at.code)
 
 
+def test_compare_shows_the_embedded_dit_beside_a_unet(tiny_app):
+    """The paper's comparison in miniature: a UNet on side A, domainlens-tiny-dit on side B, numbers from core."""
+    at = tiny_app.run()
+    at.switch_page("pages/compare.py").run()
+    at.selectbox(key="cmp_b_model").select("domainlens-tiny-dit").run()
+    assert_clean(at)
+    assert at.select_slider(key="cmp_b_block").value.startswith("transformer_blocks.6")
+    rb = core_explore("domainlens-tiny-dit", block="transformer_blocks.6")
+    shown = [m for m in at.metric if m.label in SCORE_LABELS]
+    assert {m.label: m.value for m in shown[4:]} == expected_metrics(rb.scores)
+
+
 def test_compare_page_aligns_b_to_a_and_shows_deltas(tiny_app, tiny_sd_dir):
     from core import figures
 

@@ -103,8 +103,28 @@ def test_cka_is_nan_free_on_constant_features_and_validates_inputs():
         debiased_cka(X[:3], X[:3])
     with pytest.raises(CKAError, match="numeric"):
         linear_cka([["a", "b"]], [["c", "d"]])
-    with pytest.raises(CKAError, match="max_dim"):
-        cka_matrix({str(i): np.zeros((5, 10_000)) for i in range(2)})
+    with pytest.raises(CKAError, match="max_dim=64"):  # an exact grid too costly to run: the error says the fix
+        cka_matrix({str(i): np.zeros((400, 3_000)) for i in range(2)}, max_flops=1e8)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_grid_with_more_features_than_images_is_exact_in_image_space(debiased, monkeypatch):
+    """Layers wider than half the images take the banded Gram path; it gives the pairwise numbers."""
+    from core import debiased_cka, linear_cka
+    from core.analysis import cka
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(300, 8))
+    layers = {f"l{i}": base @ rng.normal(size=(8, d)) + rng.normal(size=(300, d)) for i, d in enumerate((90, 400, 7))}
+    calls = []
+    real = cka._cross_image_space
+    monkeypatch.setattr(cka, "_cross_image_space", lambda m, k: calls.append(1) or real(m, k, rows=64))
+    M, names, _ = cka.cka_matrix(layers, debiased=debiased)
+    assert calls, "a 497-feature grid over 300 images should use the image-space form"
+    fn = debiased_cka if debiased else linear_cka
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            assert M[i, j] == pytest.approx(fn(layers[a], layers[b]), rel=1e-9, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------- strip, prompts, stability

@@ -27,7 +27,8 @@ import numpy as np
 __all__ = ["linear_cka", "debiased_cka", "cka_matrix", "auto_max_dim", "CKAError"]
 
 
-MAX_STACKED = 16_384  # features over all layers for the exact stacked product (a D x D matrix)
+MAX_STACKED = 16_384  # features over all layers for the stacked feature-space product (a D x D matrix)
+MAX_FLOPS = 5e12  # multiply-adds of an exact grid (about a minute on 2 cores); above, max_dim is required
 
 
 def auto_max_dim(layers: Mapping[str, np.ndarray], limit: int = 8192, dim: int = 64) -> int | None:
@@ -143,7 +144,7 @@ def _reduce(X: np.ndarray, max_dim: int | None, seed: int) -> np.ndarray:
 
 def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray] | None = None, *,
                debiased: bool = False, max_dim: int | None = None, seed: int = 0,
-               dtype=None) -> tuple[np.ndarray, list[str], list[str]]:
+               dtype=None, max_flops: float = MAX_FLOPS) -> tuple[np.ndarray, list[str], list[str]]:
     """CKA between every layer of ``layers`` and every layer of ``others`` (default: ``layers`` itself).
 
     Parameters
@@ -154,6 +155,11 @@ def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray
         first (randomized SVD, seeded); None = exact
     dtype : float64 or float32 (about twice as fast); default float64 up to 4096 features over all layers
         (after ``max_dim``), float32 above (products summed in float64)
+    max_flops : refuse (with the fix in the message) an exact grid that needs more multiply-adds than this
+
+    Exact grids take the cheaper of two forms: feature space (one stacked ``Z^T Z``, cost n D^2 for D
+    features over all layers) or image space (banded Gram matrices, cost n^2 D / 2) when layers are wider
+    than half the images.
 
     Returns
     -------
@@ -183,17 +189,16 @@ def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray
     keys_c = [("b", k) for k in cols] if others is not None else keys_r
     keys = list(dict.fromkeys(keys_r + keys_c))
     D = sum(mats[k].shape[1] for k in keys)
-    if D > MAX_STACKED:
-        raise CKAError(f"{len(keys)} layers with {D:,} features in all are too many to compare exactly in one "
-                       f"product (limit {MAX_STACKED:,}); pass max_dim=64 (CLI: --max-dim 64) to compare each "
-                       "layer's leading principal components")
-    Z = np.concatenate([mats[k] for k in keys], axis=1)  # (n, D)
-    edges = np.cumsum([0] + [mats[k].shape[1] for k in keys])
+    feature_cost, image_cost = float(n) * D * D, float(n) * n * D / 2
+    if min(feature_cost, image_cost) > max_flops:
+        raise CKAError(f"{len(keys)} layers with {D:,} features in all over {n:,} images are too many to compare "
+                       f"exactly (~{2 * min(feature_cost, image_cost) / 1e12:.0f} TFLOP); pass max_dim=64 "
+                       "(CLI: --max-dim 64) to compare each layer's leading principal components, or fewer images")
+    if D <= MAX_STACKED and feature_cost <= image_cost:
+        cross = _cross_feature_space(mats, keys)
+    else:  # more features than images: the Gram (image-space) form is the cheaper exact one
+        cross = _cross_image_space(mats, keys)
     pos = {k: i for i, k in enumerate(keys)}
-    G = Z.T @ Z  # (D, D): every layer pair's X_a^T X_b at once
-    G2 = (G.astype(np.float64) ** 2)
-    # sum of squares per block (a, b): ||X_a^T X_b||_F^2
-    cross = np.add.reduceat(np.add.reduceat(G2, edges[:-1], axis=0), edges[:-1], axis=1)
     if debiased:
         R = np.stack([np.einsum("ij,ij->i", mats[k], mats[k]).astype(np.float64) for k in keys], 1)  # (n, L)
         S = np.stack([(mats[k] @ mats[k].sum(0)).astype(np.float64) for k in keys], 1) - R
@@ -209,6 +214,37 @@ def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray
             a, b = pos[kr], pos[kc]
             out[i, j] = _ratio(h[a, b], d[a], d[b])
     return out, rows, cols
+
+
+def _cross_feature_space(mats: dict, keys: list) -> np.ndarray:
+    """``||X_a^T X_b||_F^2`` for every pair from one stacked product ``Z^T Z`` (cost n D^2)."""
+    Z = np.concatenate([mats[k] for k in keys], axis=1)  # (n, D)
+    edges = np.cumsum([0] + [mats[k].shape[1] for k in keys])
+    G2 = (Z.T @ Z).astype(np.float64) ** 2  # (D, D): every layer pair's X_a^T X_b at once, squared
+    return np.add.reduceat(np.add.reduceat(G2, edges[:-1], axis=0), edges[:-1], axis=1)
+
+
+def _cross_image_space(mats: dict, keys: list, rows: int = 256) -> np.ndarray:
+    """The same numbers as ``<K_a, K_b>`` over Gram matrices ``K = X X^T``, built a band of ``rows`` images at
+    a time (never a whole n x n matrix per layer) and only on and above the diagonal (K is symmetric): cost
+    n^2 D / 2 plus L^2 n^2 / 2, cheaper than the feature-space form when layers have more features than
+    half the images (e.g. 90 SD-2.1 layers, 83k features, at 5k images)."""
+    first = mats[keys[0]]
+    n, L = len(first), len(keys)
+    H = np.zeros((L, L))
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        b, w = i1 - i0, n - i0
+        V = np.empty((L, b * w), first.dtype)
+        for j, k in enumerate(keys):
+            X = mats[k]
+            band = V[j].reshape(b, w)
+            np.matmul(X[i0:i1], X[i0:].T, out=band)  # rows i0:i1 of K, columns i0:n
+            band[:, b:] *= np.sqrt(2.0)  # entries above the diagonal block stand for their mirror images too
+        for c in range(0, V.shape[1], 1 << 16):  # one long V @ V.T runs ~10x slower in OpenBLAS than slices
+            part = V[:, c:c + (1 << 16)]
+            H += (part @ part.T).astype(np.float64)
+    return H
 
 
 # ------------------------------------------------------------------------------ on cached features

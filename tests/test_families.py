@@ -18,7 +18,7 @@ from core.backbones.base import ExtractionError, Request
 from core.backbones.registry import detect_family, load_backbone
 from core.engine.extract import ExtractionConfig, cache_key
 from core.engine.prompts import PromptSpec
-from core.tiny_families import make_tiny
+from core.tiny_families import TINY, make_tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -263,20 +263,33 @@ def test_token_pooling_through_config_engine_and_cli(folders, tmp_path, capsys):
     assert "token poolings: cls, mean (default cls" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kind", ["dit", "dinov2-registers", "ddpm"])
+def test_every_tiny_family_has_a_test_folder():
+    assert set(TINY) == set(KINDS)  # the CLI test below runs a folder of every family tiny_families builds
+
+
+@pytest.mark.parametrize("kind", list(TINY))
 def test_cli_extract_exports_layer_keys(kind, folders, tmp_path):
+    """`python -m core extract --blocks all --timesteps 50 --export` on a folder of every tiny family: keys
+    `<layer>@<timestep>` for timestep-taking families, `<layer>` otherwise; every declared layer; the rows are
+    the selection."""
     from core.cli import main
+    from core.engine.extract import select_images
 
     out = tmp_path / "out.npz"
     rc = main(["extract", "--dataset", "synthetic-pacs", "--model", str(folders[kind]), "--blocks", "all",
-               "--timesteps", "50", "--max-per-domain", "2", "--export", str(out), "--no-progress"])
+               "--timesteps", "50", "--max-per-domain", "1", "--export", str(out), "--no-progress"])
     assert rc == 0
     bb = load_backbone(str(folders[kind]), "cpu", "float32")
+    _, records = select_images(ExtractionConfig(dataset="synthetic-pacs", model=str(folders[kind]),
+                                                max_per_domain=1))
     with np.load(out) as z:
         keys = set(z.files) - {"paths", "domains", "classes"}
         want = {f"{n}@50" for n in bb.layers} if bb.uses_timestep else set(bb.layers)
         assert keys == want
-        assert all(z[k].shape[0] == len(z["paths"]) > 0 for k in keys)
+        assert sorted(z["paths"].tolist()) == sorted(r.path for r in records) and len(records) == 4
+        assert list(z["domains"]) == [next(r.domain for r in records if r.path == p) for p in z["paths"]]
+        for k in keys:
+            assert z[k].shape[0] == len(records) and z[k].ndim == 2 and np.isfinite(z[k]).all(), k
 
 
 def test_unsupported_folder_names_what_it_found(tmp_path):

@@ -338,10 +338,10 @@ class Settings:
 
     def extraction(self, timestep: int = DEFAULT_TIMESTEP, prompt: PromptSpec = PromptSpec(),
                    model: str | None = None, class_label: int | None = None,
-                   noise_mode: str = "noised") -> ExtractionConfig:
+                   noise_mode: str = "noised", token_pooling: str | None = None) -> ExtractionConfig:
         return ExtractionConfig(dataset=self.dataset, model=model or self.model, timestep=int(timestep),
                                 prompt=prompt, seed=int(self.seed), max_per_domain=int(self.max_per_domain),
-                                class_label=class_label, noise_mode=noise_mode)
+                                class_label=class_label, noise_mode=noise_mode, token_pooling=token_pooling)
 
 
 def _builtin_options() -> list[str]:
@@ -552,10 +552,11 @@ def layer_label(model: Backbone) -> Callable[[str], str]:
 
 def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] | None = None
                      ) -> tuple[str, int, PromptSpec, dict]:
-    """Layer, timestep, prompt and class-label widgets (keys ``{prefix}block``, ``{prefix}timestep``,
-    ``{prefix}prompt_mode``, ``{prefix}prompt_text``, ``{prefix}class_label``, ``{prefix}noise_mode``) for what
-    ``model`` declares. Returns ``(layer, timestep, prompt, conditioning)``; ``conditioning`` holds the
-    ``class_label`` and ``noise_mode`` keyword arguments of :meth:`Settings.extraction`."""
+    """Layer, timestep, prompt, class-label and token-pooling widgets (keys ``{prefix}block``,
+    ``{prefix}timestep``, ``{prefix}prompt_mode``, ``{prefix}prompt_text``, ``{prefix}class_label``,
+    ``{prefix}noise_mode``, ``{prefix}token_pooling``) for what ``model`` declares. Returns ``(layer, timestep,
+    prompt, conditioning)``; ``conditioning`` holds the ``class_label``, ``noise_mode`` and ``token_pooling``
+    keyword arguments of :meth:`Settings.extraction`."""
     c_block, c_time, c_prompt = columns or (st, st, st)
     cond = model.conditioning
     key = f"{prefix}block"
@@ -567,6 +568,15 @@ def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] |
     else:
         block = model.blocks[0]
         c_block.markdown(f"**Feature:** `{block}`")
+    extra: dict[str, Any] = {"class_label": None, "noise_mode": "noised", "token_pooling": None}
+    if len(model.poolings) > 1:  # only where the backbone offers a choice
+        key = f"{prefix}token_pooling"
+        ensure_state(key, lambda v: v in model.poolings, model.default_pooling)
+        extra["token_pooling"] = c_block.radio(
+            "Token pooling", list(model.poolings), key=key, horizontal=True,
+            format_func=lambda p: f"{p} (default)" if p == model.default_pooling else p,
+            help="How a layer's tokens become one feature per image: cls = the summary (CLS) token, mean = the "
+                 f"mean of the patch tokens. The default for this model is {model.default_pooling}.")
     timestep = DEFAULT_TIMESTEP
     if model.uses_timestep:
         hi = model.num_train_timesteps - 1
@@ -577,7 +587,6 @@ def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] |
                                       "uses t = 50 of 1000; less noise usually means more domain information.")
     else:
         c_time.markdown("**Timestep:** n/a (not a diffusion model)")
-    extra: dict[str, Any] = {"class_label": None, "noise_mode": "noised"}
     if len(cond.noise_modes) > 1:
         key = f"{prefix}noise_mode"
         ensure_state(key, lambda v: v in cond.noise_modes, cond.noise_modes[0])
@@ -790,6 +799,8 @@ def cli_command(config: ExtractionConfig, blocks: Sequence[str], timesteps: Sequ
         parts += ["--class-label", str(config.class_label)]
     if config.noise_mode != "noised":
         parts += ["--noise-mode", config.noise_mode]
+    if config.token_pooling is not None:
+        parts += ["--token-pooling", config.token_pooling]
     return shlex.join(parts)
 
 

@@ -260,7 +260,7 @@ def test_export_panel_cli_command_reproduces_the_metric(tiny_app, tmp_path, caps
 
 
 def test_selection_parsing_maps_points_to_rows():
-    from pages import _common as ui
+    from pages import _output as ui
 
     event = {"selection": {"points": [{"customdata": [7]}, {"customdata": [2]}, {"customdata": [7]}, {"x": 1}]}}
     assert ui.selected_rows(event) == [7, 2]

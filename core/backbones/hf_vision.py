@@ -124,7 +124,7 @@ class HFVisionBackbone(Backbone):
 
     # ---- pooling choice -------------------------------------------------------------------
     def check_pooling(self, pooling: str) -> str:
-        if pooling not in self.poolings and "cls" not in self.poolings:
+        if pooling == "cls" and pooling not in self.poolings:
             raise ExtractionError(f"token pooling {pooling!r} is not offered by {self.name!r}; use one of "
                                   f"{', '.join(self.poolings)} (this model has no CLS token)")
         return super().check_pooling(pooling)

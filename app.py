@@ -36,7 +36,7 @@ PAGES = [
 ]
 
 # UMAP's numba code compiles once per process (~15-40 s): start it now in the background, so the first UMAP a
-# user asks for is a warm one (pages/_common.warm_umap waits for it if it is still running).
+# user asks for is a warm one (pages/_access.warm_umap waits for it if it is still running).
 ui.start_umap_warmup()
 
 # Less empty space above the page title (wide layout on laptops and projectors).

@@ -269,7 +269,7 @@ def accelerator_throughput(device, dtype, quick: bool = False, resolution: int =
 
 
 def hover_texts(domains, classes, ids) -> list[str]:
-    """The Explore page's hover text (pages/_common.hover_texts), rebuilt here without streamlit."""
+    """The Explore page's hover text (pages/_output.hover_texts), rebuilt here without streamlit."""
     return [f"<b>{d}</b> · {c}<br>{i}" for d, c, i in zip(domains, classes, ids)]
 
 
@@ -520,7 +520,7 @@ def bench_reductions(ctx: Ctx, sizes=None, dim: int = 1280, reps: int | None = N
 # -------------------------------------------------------------------------------------- 6. metrics
 
 
-UI_PER_DOMAIN = 100  # the dashboard's default "Images per domain" (pages/_common.default_max_per_domain)
+UI_PER_DOMAIN = 100  # the dashboard's default "Images per domain" (pages/_env.default_max_per_domain)
 SCATTER_CAP = 20_000  # a larger cap for comparison (stratified by domain)
 
 
@@ -814,7 +814,7 @@ def bench_scan(ctx: Ctx, n_files: int | None = None, reps: int | None = None) ->
             None, "linear in the file count; a cold disk adds its metadata reads"),
     ]
     return {"rows": rows, "details": {"files": total, "times": t},
-            "notes": ["The app keeps a scan for 30 s (pages/_common.scanned_dataset), so slider moves on a large "
+            "notes": ["The app keeps a scan for 30 s (pages/_access.scanned_dataset), so slider moves on a large "
                       "folder do not pay this on every rerun; the CLI scans once per command."]}
 
 

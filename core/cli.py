@@ -82,6 +82,9 @@ def _add_extraction_args(p: argparse.ArgumentParser) -> None:
                    help="class label for class-conditional models (default: the null class)")
     p.add_argument("--noise-mode", choices=["noised", "clean"], default="noised",
                    help="noised: x_t (default); clean: x0 with the timestep embedding, where the model offers it")
+    p.add_argument("--token-pooling", default=None, metavar="cls|mean",
+                   help="token pooling, for models that offer a choice (vision encoders: cls = the CLS token, "
+                        "mean = the patch mean); default: the model's own (`python -m core models MODEL`)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prompt", default=None, help="custom text prompt (default: the empty prompt)")
     g.add_argument("--prompt-template", default=None, help='class template, e.g. "a photo of a {class}"')
@@ -103,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="DomainLens: what's in a diffusion latent?")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("datasets", help="list built-in datasets")
-    sub.add_parser("models", help="list model families and registered models")
+    m = sub.add_parser("models", help="list model families and registered models (or describe one model)")
+    m.add_argument("model", nargs="?", default=None,
+                   help="a registered name, model folder or cached hub id: load it and list its layers, "
+                        "conditioning and token poolings")
+    m.add_argument("--device", default="cpu")
     v = sub.add_parser("validate", help="check a DomainBed folder or CSV manifest")
     v.add_argument("path")
     v.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster)")
@@ -188,6 +195,7 @@ def _config(args, timestep: int):
                             ensemble=args.ensemble, resolution=args.resolution,
                             max_per_domain=args.max_per_domain, max_per_class=args.max_per_class,
                             class_label=args.class_label, noise_mode=args.noise_mode,
+                            token_pooling=getattr(args, "token_pooling", None),
                             storage_dtype=getattr(args, "storage_dtype", "auto"))
 
 
@@ -203,16 +211,39 @@ def _print_ignored(model, args) -> None:
 
 
 def cmd_models(args) -> int:
+    if getattr(args, "model", None):
+        return _describe_model(args.model, args.device)
     print("families (python -m core extract --model <folder> detects the family from the folder):")
     for f in list_families():
         print(f"  {f['family']:14s} {f['label']}")
         print(f"  {'':14s} conditioned on: {f['conditioned_on']}")
+        print(f"  {'':14s} token pooling: {f['token_pooling'] or 'no choice (mean over space / tokens)'}")
         if f["hub_examples"]:
             print(f"  {'':14s} e.g. {', '.join(f['hub_examples'])}")
     print("registered models:")
     for m in list_models():
         flag = "available" if m["available"] else "missing"
         print(f"  {m['name']:20s} {m['family']:10s} [{flag}] {m['description']}")
+    print("python -m core models MODEL describes one model (layers, conditioning, token poolings and default)")
+    return 0
+
+
+def _describe_model(name: str, device: str) -> int:
+    from core.backbones.registry import load_backbone
+
+    model = load_backbone(name, device)
+    print(f"{name}: {model.family_label or model.family} ({model.family})")
+    print(f"  layers ({len(model.layers)}): {', '.join(model.layers)}")
+    print(f"  default layer: {model.default_layer}")
+    print(f"  conditioned on: {model.conditioning.describe()}")
+    if len(model.poolings) > 1:
+        print(f"  token poolings: {', '.join(model.poolings)} (default {model.default_pooling}; "
+              "--token-pooling picks one)")
+    elif model.poolings:
+        print(f"  token poolings: {model.poolings[0]} only")
+    else:
+        print("  token poolings: none to choose (each layer is averaged over space / tokens)")
+    print(f"  resolution: {model.resolution}")
     return 0
 
 

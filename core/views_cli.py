@@ -85,7 +85,8 @@ def _config(args, timestep: int):
     return ExtractionConfig(dataset=args.dataset, model=args.model, timestep=timestep,
                             prompt=PromptSpec.parse(args.prompt, args.prompt_template), seed=args.seed,
                             ensemble=args.ensemble, resolution=args.resolution,
-                            max_per_domain=args.max_per_domain, max_per_class=args.max_per_class)
+                            max_per_domain=args.max_per_domain, max_per_class=args.max_per_class,
+                            token_pooling=getattr(args, "token_pooling", None))
 
 
 def _progress(args, desc):
@@ -99,7 +100,8 @@ def _progress(args, desc):
 def _common_opts(args) -> dict:
     return dict(dataset=args.dataset, model=args.model, prompt=args.prompt, prompt_template=args.prompt_template,
                 max_per_domain=args.max_per_domain, max_per_class=args.max_per_class, seed=args.seed,
-                ensemble=args.ensemble if args.ensemble != 1 else None, resolution=args.resolution)
+                ensemble=args.ensemble if args.ensemble != 1 else None, resolution=args.resolution,
+                token_pooling=getattr(args, "token_pooling", None))
 
 
 def _write(out: Path, spec: dict, tables: dict, fig=None, name: str = "figure") -> None:
@@ -166,7 +168,7 @@ def cmd_cka(args) -> int:
             from dataclasses import replace
 
             other = load(args.other_model, args.device)
-            ocfg = replace(cfg, model=args.other_model)
+            ocfg = replace(cfg, model=args.other_model, token_pooling=None)  # --token-pooling is --model's
             others, oids = model_layers(ocfg, None, args.timesteps or [50], model=other, batch_size=args.batch_size,
                                         cache_dir=args.cache_dir, prefix=f"{args.other_model}: ")
             ra, rb = common_rows(ids, oids)

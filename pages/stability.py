@@ -56,6 +56,7 @@ extra = {"prompt_template": prompt.text} if prompt.mode == "template" else (
     {"prompt": prompt.text} if prompt.mode == "custom" and prompt.text else {})
 spec = {"view": "stability", "extraction": config.to_dict(), **opts, "reference": res.reference,
         "cli": command("stability", dataset=config.dataset, model=config.model, **extra,
-                       max_per_domain=config.max_per_domain, seed=config.seed, **opts, out="stability")}
+                       max_per_domain=config.max_per_domain, seed=config.seed, token_pooling=config.token_pooling,
+                       **opts, out="stability")}
 ui.export_panel("stability", figs={"stability": fig}, tables={"draws": res.draws, "summary": res.summary}, spec=spec,
                 key="stab-export")

@@ -52,13 +52,14 @@ def tiny_app(tiny_sd_dir, monkeypatch):
 
 
 def core_explore(model: str, block: str = "up_blocks.1", timestep: int = 50,
-                 prompt: PromptSpec = PromptSpec(), method: str = "pca", dataset: str = DATASET, **red):
+                 prompt: PromptSpec = PromptSpec(), method: str = "pca", dataset: str = DATASET,
+                 token_pooling: str | None = None, **red):
     """The Explore numbers from core directly (the test's cache: a hit only for the very same config)."""
     from core.analysis.explore import explore_view
     from core.backbones.registry import load_backbone as load_model
 
     cfg = ExtractionConfig(dataset=dataset, model=model, timestep=timestep, prompt=prompt, seed=0,
-                           max_per_domain=N_PER_DOMAIN)
+                           max_per_domain=N_PER_DOMAIN, token_pooling=token_pooling)
     return explore_view(cfg, block, ReductionConfig(method=method, random_state=0, **red), model=load_model(model))
 
 
@@ -184,6 +185,43 @@ def test_prompt_modes_reach_core(tiny_app, tiny_sd_dir):
     assert metrics(at) == expected_metrics(ref.scores)
 
 
+@pytest.fixture(scope="module")
+def tiny_vision_dirs(tmp_path_factory) -> dict[str, Path]:
+    from core.tiny_families import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny-vision")
+    return {k: make_tiny(k, root / k) for k in ("clip", "dinov2")}
+
+
+def test_token_pooling_radio_only_where_the_model_offers_a_choice(tiny_app, tiny_vision_dirs, monkeypatch):
+    """A vision encoder with a CLS token gets a "Token pooling" radio (default cls); switching it gives the
+    numbers core gives for that pooling, and the reproduce command carries it. The UNet has no such radio."""
+    at = tiny_app.run()
+    assert_clean(at)
+    assert not [r for r in at.radio if r.key == "token_pooling"]
+
+    monkeypatch.setenv("DOMAINLENS_DEFAULT_MODEL", str(tiny_vision_dirs["dinov2"]))
+    at = tiny_app.run()
+    assert_clean(at)
+    assert at.radio(key="token_pooling").options == ["cls (default)", "mean"]
+
+    clip = str(tiny_vision_dirs["clip"])
+    monkeypatch.setenv("DOMAINLENS_DEFAULT_MODEL", clip)
+    at = tiny_app.run()
+    assert_clean(at)
+    radio = at.radio(key="token_pooling")
+    assert radio.value == "cls" and radio.options == ["cls (default)", "mean"]
+    cls_metrics = metrics(at)
+    assert cls_metrics == expected_metrics(core_explore(clip, block="layer.2").scores)
+    radio.set_value("mean").run()
+    assert_clean(at)
+    ref = core_explore(clip, block="layer.2", token_pooling="mean")
+    assert metrics(at) == expected_metrics(ref.scores) != cls_metrics
+    np.testing.assert_allclose(scatter_xy(charts(at)[0]), ref.embedding, rtol=1e-4, atol=1e-5)
+    (code,) = [c.value for c in at.code if "python -m core sweep" in c.value]
+    assert "--token-pooling mean" in code
+
+
 def test_colouring_and_reducers(tiny_app):
     at = tiny_app.run()
     at.radio(key="color_by").set_value("class").run()
@@ -222,7 +260,7 @@ def test_export_panel_cli_command_reproduces_the_metric(tiny_app, tmp_path, caps
 
 
 def test_selection_parsing_maps_points_to_rows():
-    from pages import _common as ui
+    from pages import _output as ui
 
     event = {"selection": {"points": [{"customdata": [7]}, {"customdata": [2]}, {"customdata": [7]}, {"x": 1}]}}
     assert ui.selected_rows(event) == [7, 2]

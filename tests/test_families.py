@@ -18,7 +18,7 @@ from core.backbones.base import ExtractionError, Request
 from core.backbones.registry import detect_family, load_backbone
 from core.engine.extract import ExtractionConfig, cache_key
 from core.engine.prompts import PromptSpec
-from core.tiny_families import make_tiny
+from core.tiny_families import TINY, make_tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -220,20 +220,76 @@ def test_vision_layers_equal_hidden_states_and_pooling_is_keyed(kind, folders, p
     assert tuple(bb.preprocess(img, 48).shape) == (3, 48, 48)
 
 
-@pytest.mark.parametrize("kind", ["dit", "dinov2-registers", "ddpm"])
-def test_cli_extract_exports_layer_keys(kind, folders, tmp_path):
+def test_token_pooling_through_config_engine_and_cli(folders, tmp_path, capsys):
+    """ExtractionConfig.token_pooling: None is the backbone's default (same key as naming it), another choice
+    is another key and other features, a choice the model lacks is an error naming the valid ones; the CLI's
+    --token-pooling gives what core gives, and `models MODEL` lists the poolings and the default."""
     from core.cli import main
+    from core.engine.extract import get_features, select_images
+
+    clip = str(folders["clip"])
+    bb = load_backbone(clip, "cpu", "float32")
+    assert (bb.poolings, bb.default_pooling) == (("cls", "mean"), "cls")
+
+    def cfg(tp, model=clip):
+        return ExtractionConfig(dataset="synthetic-pacs", model=model, max_per_domain=1, token_pooling=tp)
+
+    ds, recs = select_images(cfg(None))
+    key = lambda tp, m=bb: cache_key(cfg(tp), m, ds, recs)  # noqa: E731
+    assert key(None) == key("cls") == key(None, bb.with_pooling("mean")) != key("mean") == key("mean", bb.with_pooling("mean"))
+    assert cfg("mean").to_dict()["token_pooling"] == "mean" and ExtractionConfig.from_dict(cfg("mean").to_dict()) == cfg("mean")
+    with pytest.raises(ExtractionError, match="'max' is not offered .*use one of cls, mean"):
+        key("max")
+    siglip = load_backbone(str(folders["siglip"]), "cpu", "float32")
+    assert (siglip.poolings, siglip.default_pooling) == (("mean",), "mean")
+    with pytest.raises(ExtractionError, match="use one of mean .*no CLS token"):
+        get_features(cfg("cls", str(folders["siglip"])), model=siglip)
+
+    default = get_features(cfg(None), "all", model=bb)
+    mean = get_features(cfg("mean"), "all", model=bb)
+    assert default.cache_key != mean.cache_key and not np.allclose(default.features["layer.2"], mean.features["layer.2"])
+    out = tmp_path / "mean.npz"
+    assert main(["extract", "--dataset", "synthetic-pacs", "--model", clip, "--max-per-domain", "1",
+                 "--token-pooling", "mean", "--export", str(out), "--no-progress"]) == 0
+    with np.load(out) as z:
+        assert list(z["paths"]) == mean.paths
+        for layer in bb.layers:
+            np.testing.assert_allclose(z[layer], mean.features[layer], rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert main(["extract", "--dataset", "synthetic-pacs", "--model", str(folders["dit"]), "--max-per-domain", "1",
+                 "--token-pooling", "cls", "--no-progress"]) == 2
+    assert "no pooling choice" in capsys.readouterr().err
+    assert main(["models", clip]) == 0
+    assert "token poolings: cls, mean (default cls" in capsys.readouterr().out
+
+
+def test_every_tiny_family_has_a_test_folder():
+    assert set(TINY) == set(KINDS)  # the CLI test below runs a folder of every family tiny_families builds
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_cli_extract_exports_layer_keys(kind, folders, tmp_path):
+    """`python -m core extract --blocks all --timesteps 50 --export` on a folder of every tiny family: keys
+    `<layer>@<timestep>` for timestep-taking families, `<layer>` otherwise; every declared layer; the rows are
+    the selection."""
+    from core.cli import main
+    from core.engine.extract import select_images
 
     out = tmp_path / "out.npz"
     rc = main(["extract", "--dataset", "synthetic-pacs", "--model", str(folders[kind]), "--blocks", "all",
-               "--timesteps", "50", "--max-per-domain", "2", "--export", str(out), "--no-progress"])
+               "--timesteps", "50", "--max-per-domain", "1", "--export", str(out), "--no-progress"])
     assert rc == 0
     bb = load_backbone(str(folders[kind]), "cpu", "float32")
+    _, records = select_images(ExtractionConfig(dataset="synthetic-pacs", model=str(folders[kind]),
+                                                max_per_domain=1))
     with np.load(out) as z:
         keys = set(z.files) - {"paths", "domains", "classes"}
         want = {f"{n}@50" for n in bb.layers} if bb.uses_timestep else set(bb.layers)
         assert keys == want
-        assert all(z[k].shape[0] == len(z["paths"]) > 0 for k in keys)
+        assert sorted(z["paths"].tolist()) == sorted(r.path for r in records) and len(records) == 4
+        assert list(z["domains"]) == [next(r.domain for r in records if r.path == p) for p in z["paths"]]
+        for k in keys:
+            assert z[k].shape[0] == len(records) and z[k].ndim == 2 and np.isfinite(z[k]).all(), k
 
 
 def test_unsupported_folder_names_what_it_found(tmp_path):

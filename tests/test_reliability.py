@@ -588,10 +588,10 @@ def test_disk_full_is_a_message_leaves_nothing_partial_and_resumes(tmp_path, cap
 
 @pytest.fixture()
 def ui():
-    from pages import _common
+    from pages import _env  # data and model roots, typed paths, discovered datasets
 
-    _common.find_datasets.clear()
-    return _common
+    _env.find_datasets.clear()
+    return _env
 
 
 def test_discovered_datasets_are_resolved_then_confined(ui, tmp_path):

@@ -53,6 +53,26 @@ def test_cache_keys_pinned(name, kw, key):
     assert cache_key(c, _load(name), ds, recs) == key
 
 
+def test_token_pooling_left_unset_changes_no_key_and_maps_models_refuse_it():
+    """``ExtractionConfig.token_pooling`` at None (the default) leaves every pinned key and every config dict
+    (specs, memo keys) as they were; a model that pools maps has no choice and says so."""
+    from core.backbones.base import ExtractionError
+
+    name, kw, key = PINNED[0]
+    c = ExtractionConfig(dataset="synthetic-pacs:heldout", model=name, max_per_domain=2, token_pooling=None, **kw)
+    ds, recs = select_images(c)
+    ds = dataclasses.replace(ds, fingerprint="pinned-fingerprint")
+    assert cache_key(c, _load(name), ds, recs) == key
+    assert "token_pooling" not in c.to_dict() and ExtractionConfig.from_dict(c.to_dict()) == c
+    assert _load(name).poolings == () and _load(name).with_token_pooling(None) is _load(name)
+    for m in (name, "pixels"):
+        with pytest.raises(ExtractionError, match="no pooling choice"):
+            cache_key(dataclasses.replace(c, model=m, token_pooling="cls"), _load(m), ds, recs)
+    for bad in ("", 3):
+        with pytest.raises(ExtractionError, match="token_pooling must be None"):
+            ExtractionConfig(token_pooling=bad)
+
+
 # ------------------------------------------------------------- conditioning-exact cache keys
 
 

@@ -232,7 +232,7 @@ def test_image_mode_draws_thumbnails_up_to_the_cap():
 
 
 def test_progress_text_has_the_clis_eta():
-    from pages._common import progress_text
+    from pages._progress import progress_text
 
     assert progress_text("Extracting", 40, 120, 5.0) == "Extracting: 40 / 120 images [00:05<00:10,  8.00 images/s]"
     assert progress_text("Extracting", 0, 120, 0.5).startswith("Extracting: 0 / 120 images [00:00<?")
@@ -242,7 +242,7 @@ def test_umap_warmup_runs_core_warm_up_in_a_background_thread(monkeypatch):
     import threading
 
     import core.analysis.reduce as reduce_mod
-    from pages._common import _Warmup
+    from pages._access import _Warmup
 
     main, seen = threading.get_ident(), []
     release = threading.Event()

@@ -20,6 +20,7 @@ The engine only talks to this interface: no family names appear outside this fol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class Backbone(ABC):
     family_label: ClassVar[str] = ""  # human name, e.g. "Stable Diffusion 1.x / 2.x UNet"
     conditioned_on: ClassVar[str] = ""  # for listings before loading, e.g. "timestep, prompt"
     hub_examples: ClassVar[tuple[str, ...]] = ()  # real Hub ids of this family, for help texts
+    token_pooling_note: ClassVar[str] = ""  # for listings before loading: the token poolings a family offers
 
     name: str
     identity: str  # content hash of the weights and configs
@@ -175,6 +177,10 @@ class Backbone(ABC):
     conditioning: Conditioning = field(default_factory=Conditioning)
     root: Any = None  # the module the layer paths are relative to (for hooks)
     info: dict = field(default_factory=dict)
+    # Token pooling choices (e.g. "cls", "mean") of a model whose layers output token sequences with a
+    # summary token; the first is the default. () for models that pool maps (and tokens) by their mean only.
+    poolings: tuple[str, ...] = ()
+    pooling: str | None = None  # the choice in use (one of ``poolings``; None when there is none)
 
     # ---- what the engine and the UI read -------------------------------------------------
     @property
@@ -201,6 +207,34 @@ class Backbone(ABC):
     @property
     def num_train_timesteps(self) -> int:
         return self.conditioning.num_train_timesteps or 1
+
+    # ---- token pooling --------------------------------------------------------------------
+    @property
+    def default_pooling(self) -> str | None:
+        """The documented default token pooling (the first of :attr:`poolings`), None when there is no choice."""
+        return self.poolings[0] if self.poolings else None
+
+    def check_pooling(self, pooling: str) -> str:
+        """``pooling`` if this backbone offers it, else :class:`ExtractionError` naming the valid choices."""
+        if pooling in self.poolings:
+            return pooling
+        who = f"{self.name!r} ({self.family_label or self.family})"
+        if not self.poolings:
+            raise ExtractionError(f"token pooling {pooling!r} is not offered by {who}: it averages each layer's "
+                                  "output over space (or tokens) and has no pooling choice; leave token pooling "
+                                  "unset (`python -m core models MODEL` lists a model's poolings)")
+        raise ExtractionError(f"token pooling {pooling!r} is not offered by {who}; use one of "
+                              f"{', '.join(self.poolings)} (default {self.default_pooling})")
+
+    def with_token_pooling(self, pooling: str | None) -> "Backbone":
+        """This backbone with token pooling ``pooling`` (None: the default); the loaded modules are shared.
+        Raises :class:`ExtractionError` for a pooling it does not offer."""
+        if pooling is None:
+            pooling = self.default_pooling
+            if pooling is None:
+                return self
+        self.check_pooling(pooling)
+        return self if pooling == self.pooling else dataclasses.replace(self, pooling=pooling)
 
     # ---- loading --------------------------------------------------------------------------
     @classmethod
@@ -310,8 +344,10 @@ class Backbone(ABC):
 
     def describe(self) -> str:
         """One line for listings: family, layers, default layer, conditioning."""
+        pooling = (f"; token pooling {' or '.join(self.poolings)} (default {self.default_pooling})"
+                   if self.poolings else "")
         return (f"{self.family_label or self.family}: {len(self.layers)} layers, default {self.default_layer}; "
-                f"conditioned on {self.conditioning.describe()}")
+                f"conditioned on {self.conditioning.describe()}{pooling}")
 
     def null_class_if_none(self, class_label: int | None) -> int | None:
         return self.conditioning.null_class if class_label is None else int(class_label)

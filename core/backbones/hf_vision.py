@@ -15,8 +15,9 @@ Path of one image (ViT-B/16 at 224 px in comments)::
   ``layer.<i>``.
 
 Default pooling: "cls" where the model has a CLS token (CLIP, DINOv2, MAE: the usual linear-probe
-feature), else "mean". :meth:`HFVisionBackbone.with_pooling` gives the other one; the pooling is part of
-the cache key (:meth:`HFVisionBackbone.key_conditioning`).
+feature), else "mean" (``poolings``, the default first). :meth:`Backbone.with_token_pooling` gives the other
+one (the engine applies ``ExtractionConfig.token_pooling``); the pooling is part of the cache key
+(:meth:`HFVisionBackbone.key_conditioning`).
 """
 
 from __future__ import annotations
@@ -66,16 +67,18 @@ def find_layer_list(model: torch.nn.Module) -> str:
 class HFVisionBackbone(Backbone):
     family: ClassVar[str] = "hf-vision"
     family_label: ClassVar[str] = "Vision encoders (CLIP, SigLIP, DINOv2, MAE) via transformers"
-    conditioned_on: ClassVar[str] = "nothing (image only); token pooling cls or mean"
+    conditioned_on: ClassVar[str] = "nothing (image only)"
     hub_examples: ClassVar[tuple[str, ...]] = ("openai/clip-vit-base-patch16", "google/siglip-base-patch16-224",
                                                "facebook/dinov2-base", "facebook/dinov2-with-registers-base",
                                                "facebook/vit-mae-base")
+    token_pooling_note: ClassVar[str] = ("cls (the CLS token, default where there is one) or mean (patch mean, "
+                                         "registers skipped); SigLIP: mean only")
 
     model: Any = None
     processor: Any = None
     layer_list: str = ""
-    pooling: str = "cls"
-    poolings: tuple[str, ...] = POOLINGS
+    pooling: str | None = "cls"
+    poolings: tuple[str, ...] = POOLINGS  # the first is the default
     n_prefix: int = 1  # tokens before the patches: CLS + registers
     native: int = 224
     is_mae: bool = False
@@ -120,13 +123,15 @@ class HFVisionBackbone(Backbone):
                    n_prefix=(1 if has_cls else 0) + n_registers, native=native, is_mae=is_mae)
 
     # ---- pooling choice -------------------------------------------------------------------
+    def check_pooling(self, pooling: str) -> str:
+        if pooling == "cls" and pooling not in self.poolings:
+            raise ExtractionError(f"token pooling {pooling!r} is not offered by {self.name!r}; use one of "
+                                  f"{', '.join(self.poolings)} (this model has no CLS token)")
+        return super().check_pooling(pooling)
+
     def with_pooling(self, pooling: str) -> "HFVisionBackbone":
         """The same loaded model with another token pooling ("cls" or "mean"; modules are shared)."""
-        if pooling not in self.poolings:
-            raise ExtractionError(f"pooling {pooling!r} is not offered by {self.name!r}; use one of "
-                                f"{', '.join(self.poolings)}" + ("" if "cls" in self.poolings else
-                                                                 " (this model has no CLS token)"))
-        return dataclasses.replace(self, pooling=pooling)
+        return self.with_token_pooling(pooling)
 
     def key_conditioning(self, timestep, prompt, class_label, seed, ensemble, noise_mode) -> dict:
         key = super().key_conditioning(timestep, prompt, class_label, seed, ensemble, noise_mode)

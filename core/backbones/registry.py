@@ -293,9 +293,10 @@ def load_backbone(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype
 
 
 def list_families() -> list[dict]:
-    """Every registered family: name, label, what it is conditioned on, example Hub ids."""
+    """Every registered family: name, label, what it is conditioned on, its token poolings (a note; "" for
+    none to choose), example Hub ids."""
     return [{"family": f.family, "label": f.family_label, "conditioned_on": f.conditioned_on,
-             "hub_examples": list(f.hub_examples)} for f in FAMILIES]
+             "token_pooling": f.token_pooling_note, "hub_examples": list(f.hub_examples)} for f in FAMILIES]
 
 
 def list_models() -> list[dict]:

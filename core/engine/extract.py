@@ -50,7 +50,10 @@ class ExtractionConfig:
     resolution: int | None = None  # None: the model's own
     max_per_domain: int | None = None
     max_per_class: int | None = None
-    pooling: str = "mean"
+    pooling: str = "mean"  # how maps are pooled: the spatial mean (the only choice; in every cache key)
+    # token pooling of models that offer a choice (``Backbone.poolings``, e.g. "cls" / "mean" for vision
+    # encoders); None: the backbone's documented default. Checked against the backbone before any work.
+    token_pooling: str | None = None
     class_label: int | None = None  # class-conditional backbones only; None: the null class
     noise_mode: str = "noised"  # "noised" (x_t) or "clean" (x0 with the timestep embedding), where declared
     storage_dtype: str = "auto"  # float16 / float32 on disk; auto: float16 on CUDA, float32 otherwise
@@ -62,6 +65,9 @@ class ExtractionConfig:
             raise ExtractionError(f"`noise_mode` must be noised or clean, got {self.noise_mode!r}")
         if self.pooling != "mean":
             raise ExtractionError(f"pooling must be 'mean' (the paper's spatial mean), got {self.pooling!r}")
+        if self.token_pooling is not None and (not isinstance(self.token_pooling, str) or not self.token_pooling):
+            raise ExtractionError(f"token_pooling must be None (the model's default) or a pooling name such as "
+                                  f"'cls' or 'mean', got {self.token_pooling!r}")
         from core.engine.limits import check_size
 
         check_size("ensemble", self.ensemble)
@@ -70,6 +76,8 @@ class ExtractionConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["prompt"] = {"mode": self.prompt.mode, "text": self.prompt.text}
+        if self.token_pooling is None:  # left out at the default: every spec and memo key built before it stays
+            del d["token_pooling"]
         return d
 
     @classmethod
@@ -125,8 +133,16 @@ def request_of(config: ExtractionConfig, prompts: Sequence[str] = ()) -> Request
                    seed=config.seed, ensemble=config.ensemble, noise_mode=config.noise_mode)
 
 
+def with_config_pooling(config: ExtractionConfig, model: Backbone) -> Backbone:
+    """``model`` with the config's token pooling (None: the model's default); an :class:`ExtractionError` that
+    names the valid choices for a pooling the model does not offer."""
+    return model.with_token_pooling(config.token_pooling)
+
+
 def cache_key(config: ExtractionConfig, model: Backbone, dataset: Dataset, records: Sequence[ImageRecord]) -> str:
-    """Everything that changes the numbers; the conditioning part holds exactly what the backbone declares."""
+    """Everything that changes the numbers; the conditioning part holds exactly what the backbone declares
+    (the token pooling, for a backbone that offers a choice, enters through its ``key_conditioning``)."""
+    model = with_config_pooling(config, model)
     return stable_hash({
         "v": CACHE_VERSION,
         "model": model.identity,
@@ -172,7 +188,7 @@ def _prepare(config, blocks, model, device, dtype, batch_size, cache_dir, datase
     from core.engine.limits import check_size
 
     check_size("batch_size", batch_size)
-    model = model or load_backbone(config.model, device, dtype)
+    model = with_config_pooling(config, model or load_backbone(config.model, device, dtype))
     if blocks is None or blocks == "all":
         blocks = list(model.blocks)
     elif isinstance(blocks, str):

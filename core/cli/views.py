@@ -117,7 +117,7 @@ def cmd_filmstrip(args) -> int:
     from core.analysis.filmstrip import block_strip, timestep_strip
     from core.analysis.prompt_audit import load
     from core.analysis.reduce import ReductionConfig
-    from core.views_figures import strip_figure
+    from core.figures.views import strip_figure
 
     model = load(args.model, args.device)
     red = ReductionConfig(method=args.reducer, random_state=args.seed)
@@ -152,7 +152,7 @@ def cmd_cka(args) -> int:
 
     from core.analysis.cka import auto_max_dim, cka_matrix, common_rows, model_layers
     from core.analysis.prompt_audit import load
-    from core.views_figures import cka_heatmap
+    from core.figures.views import cka_heatmap
 
     model = load(args.model, args.device)
     blocks = None if args.blocks in (None, "all") else [b.strip() for b in args.blocks.split(",")]
@@ -195,7 +195,7 @@ def cmd_cka(args) -> int:
 def cmd_stability(args) -> int:
     from core.analysis.prompt_audit import load
     from core.analysis.stability import spread_sentence, stability
-    from core.views_figures import stability_figure
+    from core.figures.views import stability_figure
 
     model = load(args.model, args.device)
     block = args.block or model.default_block
@@ -221,7 +221,7 @@ def cmd_stability(args) -> int:
 
 def cmd_prompt_audit(args) -> int:
     from core.analysis.prompt_audit import CONSTANT_PROMPT, leakage, load, prompt_audit
-    from core.views_figures import prompt_audit_figure
+    from core.figures.views import prompt_audit_figure
 
     model = load(args.model, args.device)
     cfg = _config(args, (args.timesteps or [50])[0])

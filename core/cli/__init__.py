@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI (1-100)")
     _add_report_parsers(sub)
-    from core.cli.views import add_parsers as add_view_parsers  # filmstrip, cka, stability, prompt-audit
+    from core.cli.views import add_parsers as add_view_parsers  # the research views (views.NAMES)
 
     add_view_parsers(sub, _add_extraction_args)
     return parser
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, desc in BUILTINS.items():
                 print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
             return 0
-        from core.cli.views import COMMANDS as VIEW_COMMANDS  # filmstrip, cka, stability, prompt-audit
+        from core.cli.views import COMMANDS as VIEW_COMMANDS  # the research views (views.NAMES)
 
         return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep,
                 "report": cmd_report, "dg": cmd_dg, "cache": cmd_cache, **VIEW_COMMANDS}[args.command](args)

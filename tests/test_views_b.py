@@ -263,6 +263,42 @@ def test_umap_warmup_runs_core_warm_up_in_a_background_thread(monkeypatch):
     assert off.done.is_set() and off.small_done.is_set() and not off.enabled
 
 
+_UMAP_CACHE_PROBE = """
+import json, sys
+import numpy as np
+from core.analysis.reduce import ReductionConfig, reduce
+import umap.layouts, umap.umap_, umap.utils
+X = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+reduce(X, ReductionConfig(method="umap", random_state=0, n_neighbors=5))  # the exact path (< 4096 points)
+fns = {"fast_knn_indices": umap.utils.fast_knn_indices, "smooth_knn_dist": umap.umap_.smooth_knn_dist,
+       "compute_membership_strengths": umap.umap_.compute_membership_strengths,
+       "layout_epoch": umap.layouts._nb_optimize_layout_euclidean_single_epoch}
+print(json.dumps({k: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values()), len(f.signatures)]
+                  for k, f in fns.items()}))
+"""
+
+
+def test_umap_functions_compile_once_then_load_from_the_numba_disk_cache(tmp_path):
+    """umap declares no ``cache=True`` on the functions a fit compiles (~30 s of every fresh server's first UMAP
+    here); ``reduce.import_umap`` gives them numba's disk cache, so a second process loads them instead."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # NUMBA_CACHE_DIR: the suite's (conftest), kept across sessions
+    runs = []
+    for _ in range(2):  # the first may compile (a cold cache folder) and writes; the second only loads
+        r = subprocess.run([sys.executable, "-c", _UMAP_CACHE_PROBE], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    for name, (hits, misses, compiled) in runs[1].items():
+        assert hits >= 1 and misses == 0 and compiled >= 1, (name, runs)
+
+
 # ------------------------------------------------------------------------------------- the pages
 
 

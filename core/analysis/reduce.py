@@ -135,7 +135,7 @@ def import_umap():
     an argument (``dist``: pynndescent's ``nn_descent`` and its callers), which numba cannot cache ("dynamic
     globals"), so NN-descent (above :data:`SMALL_DATA` points) still compiles those in each process; and
     functions numba finds no cache folder for. Numba keys each cached entry by its source file's timestamp and
-    size, so an upgraded umap recompiles once."""
+    size, so an upgraded umap recompiles once. ``DOMAINLENS_UMAP_DISK_CACHE=0`` leaves umap as it is."""
     import importlib
     import sys
 
@@ -143,6 +143,9 @@ def import_umap():
 
     with _umap_lock:
         if _disk_cached is not None:
+            return umap
+        if os.environ.get("DOMAINLENS_UMAP_DISK_CACHE", "1") == "0":  # off: umap's own behaviour (bench 15 compares)
+            globals()["_disk_cached"] = []
             return umap
         from numba.core.caching import NullCache
         from numba.core.registry import CPUDispatcher

@@ -1,4 +1,5 @@
-"""Command line: ``python -m core {datasets,models,validate,extract,sweep,report,dg}``.
+"""Command line: ``python -m core {datasets,models,validate,extract,cache,sweep,report,dg}`` and the research
+views' subcommands (:mod:`core.cli.views`).
 
 The CLI calls the same core functions with the same config objects as the dashboard.
 """

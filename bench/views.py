@@ -28,7 +28,7 @@ def bench_filmstrip(ctx, n: int | None = None, frames: int = 9, dim: int = 256, 
 
     from core.analysis.filmstrip import build_strip
     from core.engine.cache import FeatureCache
-    from core.views_figures import strip_figure
+    from core.figures.views import strip_figure
 
     n = n or (2000 if ctx.quick else 5000)
     reps = reps or (3 if ctx.quick else 5)

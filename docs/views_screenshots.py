@@ -12,7 +12,7 @@ from core.analysis.cka import cka_matrix, model_layers  # noqa: E402
 from core.analysis.filmstrip import timestep_strip  # noqa: E402
 from core.analysis.prompt_audit import load  # noqa: E402
 from core.engine.extract import ExtractionConfig  # noqa: E402
-from core.views_figures import cka_heatmap, strip_figure  # noqa: E402
+from core.figures.views import cka_heatmap, strip_figure  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
 

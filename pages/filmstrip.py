@@ -6,8 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.analysis.filmstrip import ALIGNMENT, DEFAULT_TIMESTEPS, block_strip, clip_timesteps, timestep_strip
-from core.views_cli import command
-from core.views_figures import strip_figure
+from core.cli.views import command
+from core.figures.views import strip_figure
 from pages import _common as ui
 from pages._memo import memo_run, request_key
 

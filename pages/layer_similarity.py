@@ -10,8 +10,8 @@ import streamlit as st
 
 from core.analysis.cka import auto_max_dim, cka_matrix, common_rows, model_layers
 from core.analysis.filmstrip import clip_timesteps
-from core.views_cli import command
-from core.views_figures import cka_heatmap
+from core.cli.views import command
+from core.figures.views import cka_heatmap
 from pages import _common as ui
 from pages._memo import memo_run, request_key
 

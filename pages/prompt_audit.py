@@ -7,8 +7,8 @@ import streamlit as st
 
 from core.analysis.prompt_audit import (CLASS_TEMPLATE, CONSTANT_PROMPT, DOMAIN_TEMPLATE, conditions, leakage,
                                         prompt_audit)
-from core.views_cli import command
-from core.views_figures import prompt_audit_figure
+from core.cli.views import command
+from core.figures.views import prompt_audit_figure
 from pages import _common as ui
 from pages._memo import memo_run, request_key
 

@@ -1,4 +1,4 @@
-"""core/figures.py: figure builders and their numeric helpers (no streamlit, no model)."""
+"""core/figures/: figure builders and their numeric helpers (no streamlit, no model)."""
 
 from __future__ import annotations
 

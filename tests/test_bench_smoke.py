@@ -28,7 +28,7 @@ def test_cache_benchmark_produces_rows_and_report(tmp_path):
 
 
 def test_every_benchmark_is_registered():
-    assert sorted(BENCHMARKS) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert sorted(BENCHMARKS) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     assert all(callable(fn) for _, fn in BENCHMARKS.values())
 
 

@@ -1,4 +1,4 @@
-"""Tests for the command line (core/cli.py): in-process through ``core.cli.main`` plus one real
+"""Tests for the command line (core/cli/): in-process through ``core.cli.main`` plus one real
 ``python -m core`` subprocess, and the rule that core/ never imports streamlit."""
 
 from __future__ import annotations

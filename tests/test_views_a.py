@@ -132,7 +132,7 @@ def test_cka_grid_with_more_features_than_images_is_exact_in_image_space(debiase
 
 def test_align_frames_undoes_rotation_and_strip_figure_holds_every_frame():
     from core.analysis.filmstrip import align_frames, build_strip, clip_timesteps
-    from core.views_figures import frame_positions, strip_figure
+    from core.figures.views import frame_positions, strip_figure
 
     assert clip_timesteps(None, 500) == [0, 10, 25, 50, 100, 200, 400, 499]
     rng = np.random.default_rng(0)
@@ -268,7 +268,7 @@ def test_filmstrip_page_matches_core(app, tiny_sd_dir, tiny_model):
     from core.analysis.filmstrip import block_strip, timestep_strip
     from core.analysis.sweep import cached_scores
     from core.engine.extract import get_features
-    from core.views_figures import frame_positions
+    from core.figures.views import frame_positions
 
     app.session_state["strip_timesteps"] = [0, 50, 999]
     at = app.switch_page("pages/filmstrip.py").run()

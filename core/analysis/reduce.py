@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -88,7 +89,7 @@ def reduce(features: np.ndarray, config: ReductionConfig = ReductionConfig()) ->
         emb = TSNE(n_components=config.n_components, perplexity=perplexity, random_state=config.random_state,
                    theta=config.theta, n_jobs=_n_jobs(), initialization="pca", verbose=False).fit(X)
         return np.asarray(emb, dtype=np.float32)
-    import umap  # noqa: PLC0415 - heavy import (numba), only when asked for
+    umap = import_umap()
 
     reducer = umap.UMAP(n_components=config.n_components, n_neighbors=min(config.n_neighbors, n - 1),
                         min_dist=config.min_dist, random_state=config.random_state,
@@ -115,6 +116,60 @@ def cached_reduce(features: np.ndarray, config: ReductionConfig, cache: FeatureC
     return emb
 
 
+_UMAP_MODULES = ("umap.umap_", "umap.utils", "umap.layouts", "umap.distances", "umap.spectral", "umap.sparse",
+                 "pynndescent.pynndescent_", "pynndescent.utils", "pynndescent.kernels", "pynndescent.distances",
+                 "pynndescent.rp_trees", "pynndescent.graph_utils", "pynndescent.sparse", "pynndescent.sparse_nndescent")
+_disk_cached: list[str] | None = None  # "module.function" of the dispatchers :func:`import_umap` made cacheable
+_umap_lock = threading.Lock()
+
+
+def import_umap():
+    """``import umap``, with UMAP's own numba functions cached on disk like pynndescent's.
+
+    pynndescent declares ``cache=True`` on its tree functions, so a second process loads them from
+    ``$NUMBA_CACHE_DIR``; umap 0.5 declares it on none of the functions a fit compiles (``fast_knn_indices``,
+    ``smooth_knn_dist``, ``compute_membership_strengths``, the layout epoch, ...) and pynndescent not on its
+    NN-descent helpers: measured here, ~30 s of every fresh process's first (exact-neighbour) UMAP, numba
+    cache kept or not. Their dispatchers get numba's file cache (``Dispatcher.enable_caching()``, what
+    ``cache=True`` sets up) before anything compiles. Left out: functions that take the distance function as
+    an argument (``dist``: pynndescent's ``nn_descent`` and its callers), which numba cannot cache ("dynamic
+    globals"), so NN-descent (above :data:`SMALL_DATA` points) still compiles those in each process; and
+    functions numba finds no cache folder for. Numba keys each cached entry by its source file's timestamp and
+    size, so an upgraded umap recompiles once. ``DOMAINLENS_UMAP_DISK_CACHE=0`` leaves umap as it is."""
+    import importlib
+    import sys
+
+    import umap  # noqa: PLC0415 - heavy import (numba), only when asked for
+
+    with _umap_lock:
+        if _disk_cached is not None:
+            return umap
+        if os.environ.get("DOMAINLENS_UMAP_DISK_CACHE", "1") == "0":  # off: umap's own behaviour (bench 15 compares)
+            globals()["_disk_cached"] = []
+            return umap
+        from numba.core.caching import NullCache
+        from numba.core.registry import CPUDispatcher
+
+        done = []
+        for name in _UMAP_MODULES:
+            try:
+                mod = sys.modules.get(name) or importlib.import_module(name)
+            except ImportError:  # pragma: no cover - another umap version
+                continue
+            for attr, obj in list(vars(mod).items()):
+                if (isinstance(obj, CPUDispatcher) and isinstance(getattr(obj, "_cache", None), NullCache)
+                        and obj.py_func.__module__ == name and not obj.signatures
+                        and "dist" not in obj.py_func.__code__.co_varnames[:obj.py_func.__code__.co_argcount]):
+                    try:
+                        obj.enable_caching()
+                    except Exception as e:  # noqa: BLE001 - e.g. no cache folder numba can use: compiles as before
+                        logger.debug("numba disk cache not enabled for %s.%s: %s", name, attr, e)
+                    else:
+                        done.append(f"{name}.{attr}")
+        globals()["_disk_cached"] = done
+    return umap
+
+
 SMALL_DATA = 4096  # below this many points UMAP finds neighbours exactly; above, with NN-descent (pynndescent)
 
 
@@ -123,14 +178,14 @@ def warm_umap(n_small: int = 64, n_approx: int = 300, dim: int = 50, on_stage=No
     neighbour paths, the exact one used below :data:`SMALL_DATA` points first, then NN-descent (forced here;
     pynndescent's compile is the larger part), with the spectral initialisation and the layout optimiser, in
     the dtypes :func:`reduce` passes. ``on_stage("exact")`` / ``on_stage("approx")`` is called as each path is
-    ready. Compiled functions live in the process (numba caches only some of them on disk in
-    ``$NUMBA_CACHE_DIR``), so a server calls this once at start in a background thread (``app.py``); a later
-    first UMAP then costs what a warm one does."""
+    ready. A server calls this once at start in a background thread (``app.py``); a later first UMAP then
+    costs what a warm one does. Through :func:`import_umap`, a restarted server (``$NUMBA_CACHE_DIR`` kept) loads
+    the exact path's functions from numba's disk cache instead of compiling them; NN-descent's ``nn_descent``
+    family cannot be cached and compiles in each process."""
     import time
 
-    import umap  # noqa: PLC0415
-
     t0 = time.perf_counter()
+    umap = import_umap()
     rng = np.random.default_rng(0)
     for n, approx in ((n_small, False), (n_approx, True)):
         X = rng.normal(size=(n, dim)).astype(np.float32)

@@ -1,4 +1,5 @@
-"""Command line: ``python -m core {datasets,models,validate,extract,sweep,report,dg}``.
+"""Command line: ``python -m core {datasets,models,validate,extract,cache,sweep,report,dg}`` and the research
+views' subcommands (:mod:`core.cli.views`).
 
 The CLI calls the same core functions with the same config objects as the dashboard.
 """
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI (1-100)")
     _add_report_parsers(sub)
-    from core.views_cli import add_parsers as add_view_parsers  # filmstrip, cka, stability, prompt-audit
+    from core.cli.views import add_parsers as add_view_parsers  # the research views (views.NAMES)
 
     add_view_parsers(sub, _add_extraction_args)
     return parser
@@ -475,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, desc in BUILTINS.items():
                 print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
             return 0
-        from core.views_cli import COMMANDS as VIEW_COMMANDS  # filmstrip, cka, stability, prompt-audit
+        from core.cli.views import COMMANDS as VIEW_COMMANDS  # the research views (views.NAMES)
 
         return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep,
                 "report": cmd_report, "dg": cmd_dg, "cache": cmd_cache, **VIEW_COMMANDS}[args.command](args)

@@ -322,6 +322,28 @@ def test_layer_similarity_page_matches_core(app, tiny_sd_dir, tiny_model):
     np.testing.assert_allclose(np.asarray(_charts(at)[0].data[0].z, float), cka_matrix(layers, debiased=True)[0],
                                rtol=1e-9)
     assert any("--debiased" in c.value for c in at.code)
+    assert not at.get("toggle") or "cka_exact" not in [t.key for t in at.toggle]  # small grid: always exact
+
+
+def test_layer_similarity_page_projects_large_grids_and_offers_exact(app, tiny_sd_dir, tiny_model, monkeypatch):
+    import functools
+
+    from core.analysis import cka
+
+    monkeypatch.setattr(cka, "auto_max_dim", functools.partial(cka.auto_max_dim, limit=8, dim=4))  # "large" grid
+    app.session_state["cka_timesteps"] = [50]
+    app.session_state["cka_blocks"] = ["mid_block", "up_blocks.1"]
+    at = app.switch_page("pages/layer_similarity.py").run()
+    _clean(at)
+    layers, _ = cka.model_layers(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N),
+                                 ["mid_block", "up_blocks.1"], [50], model=tiny_model)
+    np.testing.assert_allclose(np.asarray(_charts(at)[0].data[0].z, float), cka.cka_matrix(layers, max_dim=4)[0],
+                               rtol=1e-9)
+    assert any("4 leading principal components" in c.value for c in at.caption)
+    at.toggle(key="cka_exact").set_value(True).run()
+    _clean(at)
+    np.testing.assert_allclose(np.asarray(_charts(at)[0].data[0].z, float), cka.cka_matrix(layers)[0], rtol=1e-9)
+    assert any("--max-dim 0" in c.value for c in at.code)
 
 
 def test_stability_and_prompt_audit_pages_match_core(app, tiny_sd_dir, tiny_model):

@@ -62,7 +62,7 @@ def add_parsers(sub, add_extraction_args) -> None:
     c.add_argument("--debiased", action="store_true", help="Song et al.'s unbiased HSIC (debiased CKA)")
     c.add_argument("--max-dim", type=int, default=None,
                    help="project each layer on this many leading principal components first (default: exact "
-                        "when small, 64 for large grids)")
+                        "when small, 64 for large grids; 0 = always exact)")
     c.add_argument("--out", required=True, help="output folder")
     s = sub.add_parser("stability", help="domain NMI spread over noise seeds, ensembles, k-means seeds, bootstraps")
     add_extraction_args(s)

@@ -30,8 +30,8 @@ from pages._sidebar import (DEFAULT_TIMESTEP, OTHER_MODEL, SETTINGS_KEY, TYPED_P
                             current_model, explain_model_error, family_label, model_choices, model_label,
                             n_domains, Settings, settings, short_model_name, sidebar)  # noqa: F401
 from pages._controls import (COLOUR_LABELS, PROMPT_LABELS, REDUCER_LABELS, TEMPLATE, colour_control,
-                             ensure_state, image_mode_control, layer_label, reduction_controls,
-                             setting_controls)  # noqa: F401
+                             ensure_state, image_mode_control, layer_label, pooling_control,
+                             reduction_controls, setting_controls)  # noqa: F401
 from pages._progress import progress_text, run_core  # noqa: F401
 from pages._output import (PLOT_CONFIG, faithfulness_metrics, hover_texts, image_grid, labels_for,
                            point_images, score_metrics, selected_rows, spatial_panel)  # noqa: F401

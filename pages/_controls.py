@@ -35,6 +35,20 @@ def layer_label(model: Backbone) -> Callable[[str], str]:
     return lambda b: f"{b} (default)" if b == model.default_block else b
 
 
+def pooling_control(model: Backbone, container: Any = st, prefix: str = "") -> str | None:
+    """A "Token pooling" radio (key ``{prefix}token_pooling``) where the backbone offers more than one pooling
+    (vision encoders: cls or mean); ``None`` (the model's default, no widget) otherwise."""
+    if len(model.poolings) <= 1:
+        return None
+    key = f"{prefix}token_pooling"
+    ensure_state(key, lambda v: v in model.poolings, model.default_pooling)
+    return container.radio(
+        "Token pooling", list(model.poolings), key=key, horizontal=True,
+        format_func=lambda p: f"{p} (default)" if p == model.default_pooling else p,
+        help="How a layer's tokens become one feature per image: cls = the summary (CLS) token, mean = the "
+             f"mean of the patch tokens. The default for this model is {model.default_pooling}.")
+
+
 def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] | None = None
                      ) -> tuple[str, int, PromptSpec, dict]:
     """Layer, timestep, prompt, class-label and token-pooling widgets (keys ``{prefix}block``,
@@ -53,15 +67,8 @@ def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] |
     else:
         block = model.blocks[0]
         c_block.markdown(f"**Feature:** `{block}`")
-    extra: dict[str, Any] = {"class_label": None, "noise_mode": "noised", "token_pooling": None}
-    if len(model.poolings) > 1:  # only where the backbone offers a choice
-        key = f"{prefix}token_pooling"
-        ensure_state(key, lambda v: v in model.poolings, model.default_pooling)
-        extra["token_pooling"] = c_block.radio(
-            "Token pooling", list(model.poolings), key=key, horizontal=True,
-            format_func=lambda p: f"{p} (default)" if p == model.default_pooling else p,
-            help="How a layer's tokens become one feature per image: cls = the summary (CLS) token, mean = the "
-                 f"mean of the patch tokens. The default for this model is {model.default_pooling}.")
+    extra: dict[str, Any] = {"class_label": None, "noise_mode": "noised",
+                             "token_pooling": pooling_control(model, c_block, prefix)}
     timestep = DEFAULT_TIMESTEP
     if model.uses_timestep:
         hi = model.num_train_timesteps - 1

@@ -52,7 +52,7 @@ ui.ensure_state("strip_colour", lambda v: v in ("domain", "class"), "domain")
 colour = c_red.radio("Colour by", ["domain", "class"], key="strip_colour", horizontal=True,
                      format_func=ui.COLOUR_LABELS.get)
 
-config = s.extraction(timestep)
+config = s.extraction(timestep, token_pooling=ui.pooling_control(model, c_what, "strip_"))
 ds = ui.scanned_dataset(config.dataset)
 if mode == "timestep":
     key = request_key("filmstrip", s, config, mode=mode, block=block, timesteps=timesteps, reduction=reduction.params())
@@ -88,6 +88,7 @@ opts = (dict(mode="timestep", block=block, timesteps=strip.values) if mode == "t
         else dict(mode="block", timesteps=[timestep], blocks=",".join(strip.values)))
 spec = {"view": "filmstrip", "extraction": config.to_dict(), **opts, "reduction": reduction.params(), "colour": colour,
         "cli": command("filmstrip", dataset=config.dataset, model=config.model, max_per_domain=config.max_per_domain,
+                       token_pooling=config.token_pooling,
                        seed=config.seed, **opts, reducer=reduction.method, colour=colour, out="filmstrip")}
 ui.export_panel("filmstrip", figs={"film strip": fig},
                 tables={"frames": strip.scores, "layouts": strip.layouts_frame()}, spec=spec, key="strip-export")

@@ -48,7 +48,7 @@ if not blocks or not timesteps:
     st.info("Pick at least one block and one timestep.")
     st.stop()
 
-config = s.extraction(timesteps[0])
+config = s.extraction(timesteps[0], token_pooling=ui.pooling_control(model, c_opts, "cka_"))
 ds = ui.scanned_dataset(config.dataset)
 key = request_key("cka-layers", s, config, blocks=blocks, timesteps=timesteps)
 layers, ids = memo_run(key, model_layers, config, blocks, timesteps, model=model, device=s.device, dataset=ds)
@@ -91,5 +91,6 @@ opts = dict(timesteps=timesteps if model.uses_timestep else None, blocks=",".joi
 spec = {"view": "cka", "extraction": config.to_dict(), "measure": measure, "max_dim": max_dim,
         **{k: v for k, v in opts.items() if k != "max_dim"},
         "cli": command("cka", dataset=config.dataset, model=config.model, max_per_domain=config.max_per_domain,
+                       token_pooling=config.token_pooling,
                        seed=config.seed, **opts, out="cka")}
 ui.export_panel("cka", figs={"CKA heatmap": fig}, tables={"cka": long, "cka matrix": wide}, spec=spec, key="cka-export")

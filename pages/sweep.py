@@ -51,10 +51,11 @@ if model.uses_prompt:
 else:
     c_prompts.markdown("**Prompt:** n/a (not text-conditioned)")
 
+pooling = ui.pooling_control(model, c_blocks, "sweep_")
 n_settings = len(timesteps) * len(prompts)
 n_images = s.max_per_domain * ui.n_domains(s)
 request = {"settings": s, "blocks": tuple(blocks), "timesteps": tuple(timesteps),
-           "prompts": tuple((p.mode, p.text) for p in prompts)}
+           "prompts": tuple((p.mode, p.text) for p in prompts), "token_pooling": pooling}
 c_run, c_info = st.columns([1, 4], vertical_alignment="center")
 clicked = c_run.button("Run sweep", type="primary", key="sweep_run", icon=":material/play_arrow:",
                        disabled=not (blocks and timesteps and prompts))
@@ -69,7 +70,8 @@ if last is None:
 if last != request:
     st.info("The controls changed since the last run: press **Run sweep** to update. Showing the last run.")
 
-base = last["settings"].extraction(last["timesteps"][0], PromptSpec(*last["prompts"][0]))
+base = last["settings"].extraction(last["timesteps"][0], PromptSpec(*last["prompts"][0]),
+                                  token_pooling=last.get("token_pooling"))
 run_model = ui.current_model(last["settings"])
 df = ui.run_core(run_sweep, base, list(last["blocks"]), list(last["timesteps"]),
                  [PromptSpec(*p) for p in last["prompts"]], model=run_model, device=s.device,

@@ -221,6 +221,21 @@ def test_token_pooling_radio_only_where_the_model_offers_a_choice(tiny_app, tiny
     (code,) = [c.value for c in at.code if "python -m core sweep" in c.value]
     assert "--token-pooling mean" in code
 
+    # Sweep (no setting controls of its own) offers the same choice, and its table is core's for that pooling
+    from core.analysis.sweep import run_sweep
+    from core.backbones.registry import load_backbone
+
+    at.switch_page("pages/sweep.py").run()
+    assert_clean(at)
+    at.radio(key="sweep_token_pooling").set_value("mean")
+    at.button(key="sweep_run").click().run()
+    assert_clean(at)
+    ref = run_sweep(ExtractionConfig(dataset=DATASET, model=clip, max_per_domain=N_PER_DOMAIN, seed=0,
+                                     token_pooling="mean"), ["layer.0", "layer.1", "layer.2"], [50],
+                    model=load_backbone(clip))
+    np.testing.assert_allclose(at.dataframe[0].value["domain_nmi"].to_numpy(float), ref["domain_nmi"].to_numpy(float))
+    assert any("--token-pooling mean" in c.value for c in at.code if "python -m core sweep" in c.value)
+
 
 def test_colouring_and_reducers(tiny_app):
     at = tiny_app.run()

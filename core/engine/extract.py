@@ -320,6 +320,8 @@ def extract_chunks(
     n_model = _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers)
     if split.group:
         split.barrier()
+        if split.is_main:  # every rank's chunks are in: one pass over the headers writes the layer indexes
+            plan.missing(range(plan.n_chunks))
     return ExtractStats(split.rank, split.world, n_model, len(plan.records), len(mine), plan.key)
 
 

@@ -301,3 +301,17 @@ def test_old_npz_cache_is_read_without_the_model(model, tiny_sd_dir, monkeypatch
     assert fs.n_unet_images == 0  # converted, not recomputed
     _same(fs, ref)
     assert len(layer_files(cache.root, ref.cache_key, "mid_block")) == 2
+
+
+def test_warm_explore_move_with_faithfulness_reads_no_feature_bytes(model, tiny_sd_dir):
+    from core.analysis.explore import explore_faithfulness, explore_view
+    from core.analysis.faithfulness import cached_faithfulness
+    from core.analysis.reduce import ReductionConfig
+
+    c = cfg(tiny_sd_dir)
+    r = explore_view(c, "mid_block", ReductionConfig("pca"), model=model, n_seeds=1)
+    first = explore_faithfulness(r.features, "mid_block", r.embedding)
+    assert first == cached_faithfulness(r.features.features["mid_block"], r.embedding, r.features.domains)
+    warm = explore_view(c, "mid_block", ReductionConfig("pca"), model=model, n_seeds=1)
+    assert explore_faithfulness(warm.features, "mid_block", warm.embedding) == first
+    assert warm.features.features.loaded() == []  # layout, scores and faithfulness from the cache

@@ -41,6 +41,7 @@ class ChunkPlan:
     blocks: list[str]
     storage: str = "float32"
     headers: dict = field(default_factory=dict)  # (block, chunk) -> ChunkHeader of an intact, matching file
+    memo: dict = field(default_factory=dict)  # values derived from ``records`` (kept per selection by the caller)
 
     def __post_init__(self):
         if self.storage not in STORAGE_DTYPES:

@@ -202,7 +202,7 @@ class ChunkPlan:
 
         Chunks are read by ``threads`` threads (default :data:`READ_THREADS`) into disjoint row ranges of the
         output: file reads, CRC-32 and the float16 -> float32 conversion (done per chunk, from a chunk-sized
-        buffer) release the GIL, so the read runs near the disk's speed. Bit-identical to ``threads=1``."""
+        buffer, by torch: see :func:`_widen`) release the GIL, so the read runs near the disk's speed. Bit-identical to ``threads=1``."""
         hs = [self.headers[(block, ci)] for ci in range(self.n_chunks)]
         rows = sum(h.n_rows for h in hs)
         cols = max((h.n_cols for h in hs if h.n_rows), default=0)
@@ -219,7 +219,7 @@ class ChunkPlan:
             else:
                 buf = np.empty((h.n_rows, cols), stored)
                 read_into(h, buf)
-                out[r:r + h.n_rows] = buf
+                _widen(buf, out[r:r + h.n_rows])
 
         def safe(ci: int):
             try:
@@ -256,6 +256,20 @@ class ChunkPlan:
     def skipped(self) -> list[tuple[str, str]]:
         first = self.blocks[0]
         return [tuple(s) for ci in range(self.n_chunks) for s in self.headers[(first, ci)].skipped]
+
+
+def _widen(src: np.ndarray, dst: np.ndarray) -> None:
+    """``dst[...] = src`` (float16 -> float32, exact). torch's conversion is vectorised (~3.5 GB/s of float16 on
+    one core here, numpy's ~0.8 GB/s) and releases the GIL; numpy when torch is not importable."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the engine
+        np.copyto(dst, src)
+        return
+    s, d = torch.from_numpy(src).reshape(-1), torch.from_numpy(dst).reshape(-1)
+    step = 32768  # torch's grain size: below it a copy stays on the calling thread (no OpenMP team per call,
+    for a in range(0, len(s), step):  # which on a busy machine spins: 20x slower measured)
+        d[a:a + step].copy_(s[a:a + step])
 
 
 class LayerFeatures(Mapping):

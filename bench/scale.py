@@ -70,7 +70,7 @@ def inject(cache_dir: Path, config, model, ds, blocks, seed: int = 0, log=print)
         arrays = {"ids": ids[sl], "skipped_ids": np.array([], dtype=str), "skipped_reasons": np.array([], dtype=str)}
         for b in blocks:
             x = z @ bases[b]
-            x += crng.normal(0, 0.5, x.shape).astype(np.float32)
+            x += crng.standard_normal(x.shape, dtype=np.float32) * np.float32(0.5)  # float32: 2x faster at 586k
             arrays[f"f:{b}"] = x
         cache.save_chunk(key, ci, arrays, st)
         if ci % 500 == 0:
@@ -219,11 +219,18 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
     with threadpool_limits(2):
         t, (d16, _) = _timed_v(lambda: nmi(X16, yd, n_seeds=1))
         d32, _ = nmi(X32, yd, n_seeds=1)
-        tc, (c16, _) = _timed_v(lambda: nmi(X16, yc, n_seeds=1))
+        # all scores of the block, as the app's first view computes them (class NMI = nmi(X16, yc, 1)); cached, so
+        # the slider moves' warm-up below does not compute them again (at 586k: ~2-3 min on 2 cores)
+        from core.analysis.sweep import cached_scores
+        from core.engine.cache import FeatureCache
+
+        ts, s16 = _timed_v(lambda: cached_scores(fs, blocks[0], n_seeds=1, cache=FeatureCache(cache_dir)))
+        c16 = s16.class_nmi
         c32, _ = nmi(X32, yc, n_seeds=1)
     rows.append(row(f"domain NMI on all {n:,} points (k-means fitted on a 20,000-point seeded sample, every point "
                     "labelled), 1 seed, 2 threads", round(t, 1), "s", "<= 60 s", t <= 60,
-                    f"NMI {d16:.4f}; class NMI (K={n_classes}) {tc:.1f} s per seed, NMI {c16:.4f}"))
+                    f"NMI {d16:.4f}; all scores of the block (domain + class NMI with K={n_classes}, probe, "
+                    f"silhouette) {ts:.1f} s, class NMI {c16:.4f}"))
     diff = max(abs(d16 - d32), abs(c16 - c32))
     rows.append(row("NMI from float16 storage - from float32 (max of domain, class)", round(diff, 5), "", "<= 0.005",
                     diff <= 0.005, f"domain {d16:.4f} vs {d32:.4f}; class {c16:.4f} vs {c32:.4f}"))
@@ -246,7 +253,8 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
     del X16, fs, plan, emb
 
     # --- warm slider moves in a fresh (app) process ---------------------------------------------
-    for b in blocks:  # warm-up: layouts and scores of both settings (what the first views compute)
+    for b in blocks:  # warm-up: layouts and scores of both blocks (what the first views compute; blocks[0]'s
+        # scores are cached already)
         explore_view(cfg16, b, ReductionConfig("pca"), model=m, cache_dir=str(cache_dir), dataset=ds, n_seeds=1)
     q = mp.get_context("spawn").Queue()
     p = mp.get_context("spawn").Process(target=_moves, args=({"n": n, "cache": str(cache_dir), "blocks": blocks,

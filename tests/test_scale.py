@@ -75,6 +75,8 @@ def test_two_ranks_through_torchrun_equal_one_process_and_survive_a_killed_rank(
     assert r.returncode == 0, r.stderr[-3000:]
     ks = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"rank (\d)/2 computed (\d+) of 16 images", r.stdout)}
     assert set(ks) == {0, 1} and sum(ks.values()) == 16 and min(ks.values()) > 0, r.stdout
+    index = FeatureCache(tmp_path / "a").layer_chunk_path(ref_small.cache_key, "mid_block", 0).parent / "index.json"
+    assert index.is_file()  # rank 0 wrote each layer's index once every rank's chunks were in
     _same(get_features(small, "all", model=model, cache_dir=str(tmp_path / "a"), only_cached=True), ref_small)
 
     # kill -9 one rank once the first chunk file exists; the launcher stops the other; re-run completes

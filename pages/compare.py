@@ -9,8 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import figures
-from core.analysis.explore import explore_view
-from core.analysis.faithfulness import cached_faithfulness
+from core.analysis.explore import explore_faithfulness, explore_view
 from core.analysis.moved import DEFAULT_K, what_moved
 from pages import _common as ui
 
@@ -55,14 +54,15 @@ for name, res, emb in (("A", ra, ra.embedding), ("B", rb, aligned_b)):
     fs = res.features
     labels, categories = ui.labels_for(fs, colour, block, s.seed)
     title = f"{name}: {ui.short_model_name(model.name)} · {block}" + (f" · t = {timestep}" if model.uses_timestep else "")
-    figs[name] = figures.scatter(emb, labels, hover=ui.hover_texts(fs), categories=categories,
+    hover = ui.hover_texts(fs) if len(fs) <= figures.DENSITY_ABOVE else None  # a density view draws no hover
+    figs[name] = figures.scatter(emb, labels, hover=hover, categories=categories,
                                  label_name=colour, title=title, ranges=ranges, height=520)
     with plots[name]:
         st.plotly_chart(figs[name], theme=None, config=ui.PLOT_CONFIG, key=f"cmp_plot_{name}")
         m1, m2 = st.columns(2)
         ui.score_metrics(res.scores, len(fs.domain_names), container=[m1, m2, m1, m2],
                          reference=None if name == "A" else ra.scores)
-        faith = cached_faithfulness(fs.features[block], res.embedding, fs.domains, random_state=s.seed)
+        faith = explore_faithfulness(fs, block, res.embedding, random_state=s.seed)
         ui.faithfulness_metrics(faith, container=[m1, m2])
 
 n_common = len(set(ra.features.ids) & set(rb.features.ids))

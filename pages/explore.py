@@ -5,8 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import figures
-from core.analysis.explore import explore_view
-from core.analysis.faithfulness import cached_faithfulness
+from core.analysis.explore import explore_faithfulness, explore_view
 from pages import _common as ui
 
 s = ui.settings()
@@ -30,9 +29,10 @@ fs = result.features
 
 labels, categories = ui.labels_for(fs, colour, block, s.seed)
 image_mode = ui.image_mode_control(len(fs), container=c_col)
-faith = cached_faithfulness(fs.features[block], result.embedding, fs.domains, random_state=s.seed)
+faith = explore_faithfulness(fs, block, result.embedding, random_state=s.seed)  # no feature read when warm
 title = f"{block}" + (f" · t = {timestep}" if model.uses_timestep else "") + f" · {ui.REDUCER_LABELS[reduction.method]}"
-fig = figures.scatter(result.embedding, labels, hover=ui.hover_texts(fs), categories=categories,
+hover = ui.hover_texts(fs) if len(fs) <= figures.DENSITY_ABOVE else None  # a density view draws no hover
+fig = figures.scatter(result.embedding, labels, hover=hover, categories=categories,
                       label_name=ui.COLOUR_LABELS[colour].lower(), title=title,
                       images=ui.point_images(fs, result.embedding) if image_mode else None)
 
@@ -60,7 +60,7 @@ if len(rows) > 1:
 
 spec = ui.reproduce_spec(config, block, reduction, colour_by=colour, image_mode=image_mode,
                          layout_faithfulness={"k": faith.k, "random_state": s.seed,
-                                              "api": "core.analysis.faithfulness.cached_faithfulness"})
+                                              "api": "core.analysis.explore.explore_faithfulness"})
 if rows:
     from core.analysis import spatial
 

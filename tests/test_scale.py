@@ -75,6 +75,8 @@ def test_two_ranks_through_torchrun_equal_one_process_and_survive_a_killed_rank(
     assert r.returncode == 0, r.stderr[-3000:]
     ks = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"rank (\d)/2 computed (\d+) of 16 images", r.stdout)}
     assert set(ks) == {0, 1} and sum(ks.values()) == 16 and min(ks.values()) > 0, r.stdout
+    index = FeatureCache(tmp_path / "a").layer_chunk_path(ref_small.cache_key, "mid_block", 0).parent / "index.json"
+    assert index.is_file()  # rank 0 wrote each layer's index once every rank's chunks were in
     _same(get_features(small, "all", model=model, cache_dir=str(tmp_path / "a"), only_cached=True), ref_small)
 
     # kill -9 one rank once the first chunk file exists; the launcher stops the other; re-run completes
@@ -127,6 +129,8 @@ def test_reading_one_layer_touches_no_other_layer(model, tiny_sd_dir, monkeypatc
     full = get_features(c, "all", model=model)
     assert "up_blocks.1" in full.features and full.features.loaded() == []  # nothing read until asked for
     want = full.features["mid_block"]
+    time.sleep(0.02)  # past the tick the layer index was written in (a chunk of that tick is re-checked)
+    get_features(c, ["mid_block"], model=model)  # which rewrites it once
     opened = []
     real_open = open
     monkeypatch.setattr(store, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k),
@@ -135,7 +139,8 @@ def test_reading_one_layer_touches_no_other_layer(model, tiny_sd_dir, monkeypatc
     x = fs.features["mid_block"]
     np.testing.assert_array_equal(x, want)
     assert opened and all("/L-mid_block/" in p for p in opened), opened
-    assert len(opened) == 2 * 2  # 2 chunks: one header read at lookup + one data read
+    assert len(opened) == 1 + 2  # the layer's index at lookup (no chunk header) + one data read per chunk
+    assert opened[0].endswith("/L-mid_block/index.json")
     assert full.features.loaded() == ["mid_block"] and fs.features.loaded() == ["mid_block"]
 
 
@@ -298,3 +303,17 @@ def test_old_npz_cache_is_read_without_the_model(model, tiny_sd_dir, monkeypatch
     assert fs.n_unet_images == 0  # converted, not recomputed
     _same(fs, ref)
     assert len(layer_files(cache.root, ref.cache_key, "mid_block")) == 2
+
+
+def test_warm_explore_move_with_faithfulness_reads_no_feature_bytes(model, tiny_sd_dir):
+    from core.analysis.explore import explore_faithfulness, explore_view
+    from core.analysis.faithfulness import cached_faithfulness
+    from core.analysis.reduce import ReductionConfig
+
+    c = cfg(tiny_sd_dir)
+    r = explore_view(c, "mid_block", ReductionConfig("pca"), model=model, n_seeds=1)
+    first = explore_faithfulness(r.features, "mid_block", r.embedding)
+    assert first == cached_faithfulness(r.features.features["mid_block"], r.embedding, r.features.domains)
+    warm = explore_view(c, "mid_block", ReductionConfig("pca"), model=model, n_seeds=1)
+    assert explore_faithfulness(warm.features, "mid_block", warm.embedding) == first
+    assert warm.features.features.loaded() == []  # layout, scores and faithfulness from the cache

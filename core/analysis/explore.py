@@ -74,3 +74,24 @@ def cached_layout(fs: FeatureSet, block: str, reduction: ReductionConfig, cache:
     emb, fitted = layout_at_scale(fs.features[block], fs.domain_labels, reduction, max_points)
     cache.save_result("layouts", key, {"embedding": emb, "fitted": np.array(fitted)})
     return emb, fitted
+
+
+def explore_faithfulness(fs: FeatureSet, block: str, embedding: np.ndarray, k: int | None = None,
+                         random_state: int = 0, cache: FeatureCache | None = None):
+    """:func:`core.analysis.faithfulness.layout_faithfulness` of a block's layout (coloured by domain), cached
+    under the features' cache key (which fixes the images, their domains and the feature values) and the
+    layout's digest, so a warm call reads no features (``cached_faithfulness`` hashes the whole feature array:
+    a full layer read on every slider move)."""
+    from core.analysis.faithfulness import DEFAULT_K, TRUST_MAX_POINTS, Faithfulness, layout_faithfulness
+    from core.analysis.reduce import features_digest
+
+    k = DEFAULT_K if k is None else k
+    cache = cache or FeatureCache()
+    key = stable_hash({"features": fs.cache_key, "block": block, "n": len(fs.ids), "layout": features_digest(embedding),
+                       "k": int(k), "seed": int(random_state), "max": TRUST_MAX_POINTS, "v": 1}, 32)
+    hit = cache.load_result("faithfulness", key)
+    if hit is not None:
+        return Faithfulness(**{f: (int(v) if f in ("k", "n_trust", "n_images") else float(v)) for f, v in hit.items()})
+    out = layout_faithfulness(fs.features[block], embedding, fs.domains, k, random_state)
+    cache.save_result("faithfulness", key, {f: np.array(v) for f, v in out.to_dict().items()})
+    return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.engine.cache import FeatureCache, safe_load_npz
-from core.engine.store import DamagedChunk, read_chunk
+from core.engine.store import INDEX_NAME, DamagedChunk, DamagedIndex, file_stat, read_chunk, read_index
 
 _KEY = re.compile(r"[0-9a-f]{16,64}")
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
@@ -67,8 +67,9 @@ def entries(cache: FeatureCache) -> list[Entry]:
             if not (d.is_dir() and _KEY.fullmatch(d.name)):
                 continue
             files = [p for p in d.rglob("*") if p.is_file() and not p.is_symlink()]
-            e = Entry(d.name, d, sum(p.stat().st_size for p in files), files,
-                      max((p.stat().st_mtime for p in files), default=d.stat().st_mtime))
+            e = Entry(d.name, d, sum(p.stat().st_size for p in files), files,  # an index is rewritten on reads:
+                      max((p.stat().st_mtime for p in files if p.name != INDEX_NAME),  # not a "last written"
+                          default=d.stat().st_mtime))
             try:
                 e.meta = json.loads((d / "meta.json").read_text())
             except (OSError, ValueError):
@@ -77,20 +78,49 @@ def entries(cache: FeatureCache) -> list[Entry]:
     return out
 
 
-def verify_entry(e: Entry) -> list[tuple[Path, str]]:
-    """(file, problem) for every chunk file of a setting that fails to read or fails its checksum."""
+def verify_entry(e: Entry, notes: list | None = None) -> list[tuple[Path, str]]:
+    """(file, problem) for every chunk file of a setting that fails to read or fails its checksum, and every layer
+    index that is unreadable or disagrees with a chunk file it vouches for. A merely stale index (a chunk
+    rewritten after it) is harmless, it is rebuilt on the next read: it goes to ``notes``."""
     bad = []
+    headers = {}
     for p in sorted(e.files):
         if p.name.startswith(".tmp-"):
             bad.append((p, "left-over temp file of an interrupted write (harmless; prune removes it)"))
         elif p.suffix == ".safetensors":
             try:
-                read_chunk(p)
+                headers[p] = read_chunk(p)[0]
             except (DamagedChunk, OSError) as err:
                 bad.append((p, str(err)))
         elif p.suffix == ".npz" and safe_load_npz(p) is None:
             bad.append((p, "damaged old-format chunk"))
+    for p in sorted(e.files):
+        if p.name == INDEX_NAME and p.parent.name.startswith("L-"):
+            bad += [(p, why) for why in _check_index(p, headers, e, notes)]
     return bad
+
+
+def _check_index(p: Path, headers: dict, e: Entry, notes) -> list[str]:
+    try:  # the layer name, chunk size and image count are the index's own (checked against its files here)
+        head = json.loads(p.read_bytes().split(b"\n", 1)[0][:4096])
+        idx = read_index(p.parent, head["layer"], int(head["chunk"]), int(head["n_images"]))
+    except (DamagedIndex, OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        return [f"unreadable layer index ({err}; harmless: it is ignored and rewritten on the next read)"]
+    stale = []
+    for h in idx[1]:
+        got = headers.get(h.path)
+        try:
+            now = file_stat(h.path.stat())
+        except OSError:
+            now = None
+        if now != h.stat or got is None:
+            stale.append(h.path.name)
+        elif (got.ids_sha, got.skipped, got.n_rows, got.n_cols, got.dtype, got.crc32, got.data_start) != \
+                (h.ids_sha, h.skipped, h.n_rows, h.n_cols, h.dtype, h.crc32, h.data_start):
+            return [f"layer index disagrees with {h.path.name} (harmless: delete it, it is rewritten on the next read)"]
+    if stale and notes is not None:
+        notes.append((p, f"stale for {len(stale)} chunk(s) rewritten since (rebuilt on the next read)"))
+    return []
 
 
 def prune(cache: FeatureCache, older_than_days: float | None = None, max_size: int | None = None,
@@ -135,11 +165,14 @@ def main(args) -> int:
         es = entries(cache)
         n_files = n_bad = 0
         for e in es:
-            bad = verify_entry(e)
+            notes = []
+            bad = verify_entry(e, notes)
             n_files += len(e.files)
             n_bad += len(bad)
             for p, why in bad:
                 print(f"DAMAGED {p}: {why}")
+            for p, why in notes:
+                print(f"note: {p}: {why}")
         print(f"verified {n_files} file(s) in {len(es)} setting(s): "
               + ("all intact" if not n_bad else f"{n_bad} damaged (they are recomputed when next used, or run "
                                                 "`python -m core cache prune` to drop whole settings)"))

@@ -117,15 +117,32 @@ class FeatureSet:
         return len(self.ids)
 
 
-def select_images(config: ExtractionConfig, dataset: Dataset | None = None) -> tuple[Dataset, list[ImageRecord]]:
+def _selection(config: ExtractionConfig, dataset: Dataset | None) -> tuple[Dataset, tuple, dict]:
+    """(dataset, the selected records, a memo of values derived from them), kept on the dataset object."""
     ds = dataset or load_dataset(config.dataset)
     # a kept dataset (the app keeps its scan) remembers its selections: at 586k images the stratified ranking
-    # costs about a second, and every slider move asks for the same selection again
+    # costs about a second, and every slider move asks for the same selection again; so are the selection's
+    # digest and its id/path/domain/class columns (each a pass over 586k records, ~0.1-0.5 s per move)
     memo = ds.__dict__.setdefault("_selections", {})
     k = (config.max_per_domain, config.max_per_class, config.seed, len(ds.records), ds.fingerprint)
     if k not in memo:
-        memo[k] = ds.subsample(config.max_per_domain, config.max_per_class, config.seed)
-    return ds, list(memo[k])
+        memo[k] = (tuple(ds.subsample(config.max_per_domain, config.max_per_class, config.seed)), {})
+    return ds, *memo[k]
+
+
+def select_images(config: ExtractionConfig, dataset: Dataset | None = None) -> tuple[Dataset, list[ImageRecord]]:
+    ds, records, _ = _selection(config, dataset)
+    return ds, list(records)
+
+
+def selection_digest(records: Sequence[ImageRecord], memo: dict | None = None) -> str:
+    """The digest of the selected ids (part of the cache key); memoised in ``memo`` (see :func:`_selection`)."""
+    if memo is not None and "digest" in memo:
+        return memo["digest"]
+    d = stable_hash([r.id for r in records], 32)
+    if memo is not None:
+        memo["digest"] = d
+    return d
 
 
 def request_of(config: ExtractionConfig, prompts: Sequence[str] = ()) -> Request:
@@ -139,7 +156,8 @@ def with_config_pooling(config: ExtractionConfig, model: Backbone) -> Backbone:
     return model.with_token_pooling(config.token_pooling)
 
 
-def cache_key(config: ExtractionConfig, model: Backbone, dataset: Dataset, records: Sequence[ImageRecord]) -> str:
+def cache_key(config: ExtractionConfig, model: Backbone, dataset: Dataset, records: Sequence[ImageRecord],
+              memo: dict | None = None) -> str:
     """Everything that changes the numbers; the conditioning part holds exactly what the backbone declares
     (the token pooling, for a backbone that offers a choice, enters through its ``key_conditioning``)."""
     model = with_config_pooling(config, model)
@@ -148,7 +166,7 @@ def cache_key(config: ExtractionConfig, model: Backbone, dataset: Dataset, recor
         "model": model.identity,
         "dtype": model.key_dtype(),
         "dataset": dataset.fingerprint,
-        "selection": stable_hash([r.id for r in records], 32),
+        "selection": selection_digest(records, memo),
         "resolution": config.resolution or model.resolution,
         **model.key_conditioning(config.timestep, (config.prompt.mode, config.prompt.text), config.class_label,
                                  config.seed, config.ensemble, config.noise_mode),
@@ -165,10 +183,11 @@ def storage_dtype(config: ExtractionConfig, model) -> str:
     return "float16" if getattr(dev, "type", str(dev)) == "cuda" else "float32"
 
 
-def feature_key(config: ExtractionConfig, model, dataset: Dataset, records: Sequence[ImageRecord]) -> str:
+def feature_key(config: ExtractionConfig, model, dataset: Dataset, records: Sequence[ImageRecord],
+                memo: dict | None = None) -> str:
     """The setting's cache key: :func:`cache_key`, extended with the storage dtype only when it is not float32
     (so every float32 key is unchanged)."""
-    key = cache_key(config, model, dataset, records)
+    key = cache_key(config, model, dataset, records, memo)
     st = storage_dtype(config, model)
     return key if st == "float32" else stable_hash({"base": key, "storage": st}, 32)
 
@@ -200,9 +219,9 @@ def _prepare(config, blocks, model, device, dtype, batch_size, cache_dir, datase
         raise ExtractionError(f"no block given; pass 'all' or some of {model.blocks}")
     blocks = sorted(blocks, key=model.blocks.index)
     model.check_request(request_of(config, [config.prompt.example()]))
-    ds, records = select_images(config, dataset)
-    key = feature_key(config, model, ds, records)
-    plan = ChunkPlan(FeatureCache(cache_dir), key, records, blocks, storage_dtype(config, model))
+    ds, records, memo = _selection(config, dataset)
+    key = feature_key(config, model, ds, records, memo)
+    plan = ChunkPlan(FeatureCache(cache_dir), key, records, blocks, storage_dtype(config, model), memo=memo)
     return model, ds, plan
 
 
@@ -261,12 +280,21 @@ def get_features(
     n_model = _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, total, done0)
     if progress and not todo:
         progress(total, total)
-    kept = plan.kept_records()
-    _check_every_domain_readable(ds, plan.records, [r.id for r in kept], plan.skipped())
+    skipped = plan.skipped()
+    if skipped:
+        kept = plan.kept_records()
+        cols = ([r.id for r in kept], [r.path for r in kept], [r.domain for r in kept], [r.cls for r in kept])
+        _check_every_domain_readable(ds, plan.records, cols[0], skipped)
+    else:  # every image readable: the selection's columns, built once per selection (memo)
+        if "columns" not in plan.memo:
+            recs = plan.records
+            plan.memo["columns"] = (tuple(r.id for r in recs), tuple(r.path for r in recs),
+                                    tuple(r.domain for r in recs), tuple(r.cls for r in recs))
+        cols = [list(c) for c in plan.memo["columns"]]
     fs = FeatureSet(
-        ids=[r.id for r in kept], paths=[r.path for r in kept], domains=[r.domain for r in kept],
-        classes=[r.cls for r in kept], domain_names=list(ds.domains), class_names=list(ds.classes),
-        features={}, skipped=plan.skipped(), config=config, cache_key=plan.key, n_unet_images=n_model,
+        ids=cols[0], paths=cols[1], domains=cols[2], classes=cols[3], domain_names=list(ds.domains),
+        class_names=list(ds.classes), features={}, skipped=skipped, config=config, cache_key=plan.key,
+        n_unet_images=n_model,
     )
 
     def repair(ci, block):  # a chunk that fails its checksum when read: recompute it
@@ -336,6 +364,8 @@ def extract_chunks(
     n_model = _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers)
     if split.group:
         split.barrier()
+        if split.is_main:  # every rank's chunks are in: one pass over the headers writes the layer indexes
+            plan.missing(range(plan.n_chunks))
     return ExtractStats(split.rank, split.world, n_model, len(plan.records), len(mine), plan.key)
 
 

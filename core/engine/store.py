@@ -23,6 +23,17 @@ SHA-256, because the checksum guards against torn or damaged files, not tamperin
 file can rewrite a stored digest too), and zlib's CRC-32 runs at ~3 GB/s here against ~1.3 GB/s for SHA-256,
 so one-layer reads stay near the disk's speed.
 
+Layer index: once every chunk of a layer is present, the process that knows it writes ``L-<layer>/index.json``
+(atomic, one small file): each chunk's header fields plus the ``os.stat`` identity (size, mtime_ns, ctime_ns,
+inode) of the file they were read from. Finding what is cached then reads that one file and stats the chunk
+files instead of opening 2,291 headers (DomainNet, one layer). A chunk whose stat differs (replaced, deleted,
+truncated, rewritten after the index) falls back to reading its own header and the index is rewritten; so
+does a chunk whose recorded times are not older than the index itself (file times have a clock tick's
+resolution, so a change in the same tick could keep them: git's "racily clean" rule); an
+index that fails its bounds, CRC-32 or format checks is ignored with a warning (it is untrusted input, like a
+header). Ranks never coordinate on it: it is only written when all chunks exist, and two identical writes are
+harmless (rename). Feature bytes are still CRC-checked on every read, and ``cache verify`` reads every chunk.
+
 File modes: chunk and meta files get ``0666 & ~umask`` (0644 with the usual umask 022), like any file the
 user creates; for a cache shared by a group, set ``umask 002`` (and a setgid folder). Never 0600.
 """
@@ -92,6 +103,11 @@ class ChunkHeader:
     crc32: int
     data_start: int
     data_len: int
+    stat: tuple = ()  # (size, mtime_ns, ctime_ns, inode) of the file the header was read from
+
+
+def file_stat(st: os.stat_result) -> tuple:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _disk_error(e: OSError, path: Path) -> OSError:
@@ -167,7 +183,8 @@ def read_header(path: Path) -> ChunkHeader | None:
     :class:`DamagedChunk` when the file is not a well-formed chunk."""
     try:
         with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+            st = os.fstat(fh.fileno())
+            size = st.st_size
             head = fh.read(8)
             if len(head) < 8:
                 raise DamagedChunk("shorter than a header")
@@ -198,7 +215,7 @@ def read_header(path: Path) -> ChunkHeader | None:
     itemsize = np.dtype(dt).itemsize
     if rows < 0 or cols < 0 or a != 0 or b != rows * cols * itemsize or 8 + n + b != size:
         raise DamagedChunk("sizes in the header do not match the file")
-    return ChunkHeader(path, ids_sha, skipped, rows, cols, np.dtype(dt), crc, 8 + n, b)
+    return ChunkHeader(path, ids_sha, skipped, rows, cols, np.dtype(dt), crc, 8 + n, b, file_stat(st))
 
 
 def read_into(header: ChunkHeader, out: np.ndarray) -> None:
@@ -209,6 +226,8 @@ def read_into(header: ChunkHeader, out: np.ndarray) -> None:
         raise DamagedChunk("output buffer size mismatch")
     try:
         with open(header.path, "rb", buffering=0) as fh:
+            if hasattr(os, "posix_fadvise"):  # one request for the whole chunk, not a growing readahead window
+                os.posix_fadvise(fh.fileno(), header.data_start, header.data_len, os.POSIX_FADV_WILLNEED)
             fh.seek(header.data_start)
             got = 0
             while got < header.data_len:
@@ -231,3 +250,109 @@ def read_chunk(path: Path) -> tuple[ChunkHeader, np.ndarray]:
     out = np.empty((h.n_rows, h.n_cols), h.dtype)
     read_into(h, out)
     return h, out
+
+
+# ------------------------------------------------------------------------------------------ layer index
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "domainlens-layer-index-1"
+MAX_INDEX = 256 << 20  # bytes; ~150 B per chunk, so ~1.7M chunks
+_MAX_INT = 1 << 62
+
+
+class DamagedIndex(Exception):
+    pass
+
+
+def encode_index(layer: str, chunk: int, n_images: int, headers: list[ChunkHeader]) -> bytes:
+    """The index of a complete layer: a one-line JSON head (format, layer, chunk size, image count, number of
+    chunks, CRC-32 of the body) and a JSON body listing, per chunk in order, ``[size, mtime_ns, ctime_ns, inode,
+    ids_sha, rows, cols, dtype, crc32, data_start, skipped]``."""
+    code = {np.dtype(dt): c for c, dt in _BY_CODE.items()}
+    body = json.dumps([[*h.stat, h.ids_sha, h.n_rows, h.n_cols, code[h.dtype], h.crc32, h.data_start,
+                        [list(x) for x in h.skipped]] for h in headers], separators=(",", ":")).encode()
+    head = json.dumps({"format": INDEX_FORMAT, "layer": layer, "chunk": chunk, "n_images": n_images,
+                       "n_chunks": len(headers), "crc32": zlib.crc32(body)}, sort_keys=True).encode()
+    return head + b"\n" + body
+
+
+def _int(x, lo: int = 0, hi: int = _MAX_INT) -> int:
+    if type(x) is not int or not lo <= x <= hi:
+        raise DamagedIndex("a number out of bounds")
+    return x
+
+
+def _str(x, hi: int = 4096) -> str:
+    if type(x) is not str or len(x) > hi:
+        raise DamagedIndex("a string out of bounds")
+    return x
+
+
+def read_index(folder: Path, layer: str, chunk: int, n_images: int) -> tuple[int, list[ChunkHeader]] | None:
+    """The index of ``folder`` (a layer's folder): (its own mtime_ns, [header per chunk, its ``stat`` the one
+    recorded]); ``None`` when absent. Raises
+    :class:`DamagedIndex` when it is not a well-formed index of this layer for this chunk size and image count
+    (every field is type- and bounds-checked; the index is never trusted beyond what it can prove)."""
+    path = folder / INDEX_NAME
+    try:
+        with open(path, "rb") as fh:
+            ist = os.fstat(fh.fileno())
+            size = ist.st_size
+            if size > MAX_INDEX:
+                raise DamagedIndex(f"larger than {MAX_INDEX} bytes")
+            raw = fh.read(MAX_INDEX + 1)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise DamagedIndex("a folder, not a file") from None
+    except OSError as e:
+        raise DamagedIndex(f"unreadable ({e.strerror or e})") from None
+    if len(raw) > MAX_INDEX:
+        raise DamagedIndex(f"larger than {MAX_INDEX} bytes")
+    nl = raw.find(b"\n", 0, 4096)
+    if nl < 0:
+        raise DamagedIndex("no head line")
+    body = memoryview(raw)[nl + 1:]
+    n_chunks = (n_images + chunk - 1) // chunk if chunk > 0 else -1
+    try:
+        head = json.loads(raw[:nl])
+        if type(head) is not dict or head.get("format") != INDEX_FORMAT:
+            raise DamagedIndex(f"not a {INDEX_FORMAT} file")
+        if head.get("layer") != layer or head.get("chunk") != chunk or head.get("n_images") != n_images \
+                or head.get("n_chunks") != n_chunks:
+            raise DamagedIndex("written for another layer, chunk size or image count")
+        if zlib.crc32(body) != head.get("crc32"):
+            raise DamagedIndex("checksum mismatch")
+        rows = json.loads(bytes(body))
+        if type(rows) is not list or len(rows) != n_chunks:
+            raise DamagedIndex("wrong number of chunks")
+        out = []
+        for ci, e in enumerate(rows):
+            if type(e) is not list or len(e) != 11:
+                raise DamagedIndex("malformed entry")
+            st = tuple(_int(x) for x in e[:4])
+            sha, nr, nc = _str(e[4], 128), _int(e[5], 0, chunk), _int(e[6], 0, 1 << 31)
+            dt = _BY_CODE.get(e[7]) if type(e[7]) is str else None
+            if dt is None:
+                raise DamagedIndex("unknown dtype")
+            crc, start = _int(e[8], 0, 0xFFFFFFFF), _int(e[9], 8, 8 + MAX_HEADER)
+            if type(e[10]) is not list or len(e[10]) > chunk:
+                raise DamagedIndex("malformed skipped list")
+            skipped = []
+            for s in e[10]:
+                if type(s) is not list or len(s) != 2:
+                    raise DamagedIndex("malformed skipped list")
+                skipped.append((_str(s[0]), _str(s[1], 1 << 16)))
+            data_len = nr * nc * np.dtype(dt).itemsize
+            if start + data_len != st[0]:
+                raise DamagedIndex("sizes do not add up")
+            p = folder / f"c-{ci:05d}.safetensors"
+            out.append(ChunkHeader(p, sha, skipped, nr, nc, np.dtype(dt), crc, start, data_len, st))
+        return ist.st_mtime_ns, out
+    except DamagedIndex:
+        raise
+    except (ValueError, TypeError, RecursionError, MemoryError) as e:
+        raise DamagedIndex(f"unreadable ({type(e).__name__})") from None
+
+
+def write_index(folder: Path, layer: str, chunk: int, n_images: int, headers: list[ChunkHeader]) -> None:
+    atomic_write_bytes(folder / INDEX_NAME, encode_index(layer, chunk, n_images, headers))

@@ -86,7 +86,6 @@ def scatter(
     maps back to the images whatever the trace.
     """
     emb = np.asarray(embedding, dtype=np.float64)
-    labels = np.asarray([str(x) for x in labels])
     n = len(emb)
     if emb.ndim != 2 or emb.shape[1] < 2:
         raise ValueError(f"embedding must be (n_samples, 2), got shape {emb.shape}")
@@ -94,8 +93,9 @@ def scatter(
         raise ValueError(f"{n} points but {len(labels)} labels")
     if hover is not None and len(hover) != n:
         raise ValueError(f"{n} points but {len(hover)} hover texts")
-    if density_above is not None and n > density_above:
+    if density_above is not None and n > density_above:  # labels and hover are not drawn: not converted
         return density(emb, title=title, height=height, ranges=ranges)
+    labels = np.asarray([str(x) for x in labels])
     cats = list(categories) if categories is not None else sorted(set(labels.tolist()))
     webgl = n > WEBGL_ABOVE if webgl is None else webgl
     trace_cls = go.Scattergl if webgl else go.Scatter

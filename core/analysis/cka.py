@@ -40,9 +40,9 @@ class CKAError(ValueError):
     """Bad CKA input; the message says what to pass instead."""
 
 
-def _as_matrix(name: str, A) -> np.ndarray:
+def _as_matrix(name: str, A, dtype=np.float64) -> np.ndarray:
     try:
-        A = np.asarray(A, dtype=np.float64)
+        A = np.asarray(A, dtype=dtype)
     except (TypeError, ValueError) as e:
         raise CKAError(f"{name} must be a numeric array (n_images, n_features): {e}") from None
     if A.ndim == 1:
@@ -194,13 +194,13 @@ def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray
     n = None
     mats: dict = {}
     for key, A in src.items():
-        A = _as_matrix(f"layer {key[1]!r}", A)
+        A = _as_matrix(f"layer {key[1]!r}", A, dtype)  # one copy at most, in the working dtype
         if n is None:
             n = len(A)
         elif len(A) != n:
             raise CKAError(f"layer {key[1]!r} has {len(A)} rows, another has {n}: every layer must hold the "
                            "same images in the same order")
-        mats[key] = _reduce((A - A.mean(0)).astype(dtype), max_dim, seed)
+        mats[key] = _reduce(A - A.mean(0, dtype=np.float64).astype(dtype), max_dim, seed)
     if n < (4 if debiased else 2):
         raise CKAError(f"need at least {4 if debiased else 2} images, got {n}")
     keys_r = [("a", k) for k in rows]

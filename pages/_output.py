@@ -115,8 +115,10 @@ def faithfulness_metrics(f, container: Any = st) -> None:
                     delta=f"{(f.knn_acc_2d - f.knn_acc_full) * 100:+.1f} pp vs full features ({f.knn_acc_full:.1%})",
                     delta_color="off",
                     help=f"Leave-one-out {f.k}-nearest-neighbour vote for the domain, in the 2-D layout vs in the "
-                         f"full feature space (chance ≈ {f.chance:.0%}). Far below the full-space figure: the "
-                         "picture hides domain structure the scores see; far above: it exaggerates it.")
+                         f"full feature space (chance ≈ {f.chance:.0%}"
+                         + (f"; on a random {f.n_knn:,} of the {f.n_images:,} images" if 0 < f.n_knn < f.n_images
+                            else "") + "). Far below the full-space figure: the picture hides domain structure the "
+                         "scores see; far above: it exaggerates it.")
 
 
 def point_images(fs, embedding: np.ndarray, size: int = 64) -> dict[int, str]:

@@ -52,7 +52,17 @@ def test_faithfulness_of_a_faithful_and_an_unfaithful_layout(tmp_path):
     assert bad.trustworthiness < 0.75 and bad.knn_acc_2d < good.knn_acc_2d
     # above the cap trustworthiness uses a seeded sample; the k-NN accuracies use every point
     capped = fa.layout_faithfulness(X, bad_layout, labels, k=10, max_trust_points=40)
-    assert capped.n_trust == 40 and capped.knn_acc_2d == bad.knn_acc_2d
+    assert capped.n_trust == 40 and capped.knn_acc_2d == bad.knn_acc_2d and capped.n_knn == 90
+    # above their own cap the k-NN accuracies use a seeded sample too (what a 586k-image set needs)
+    knn_capped = fa.layout_faithfulness(X, bad_layout, labels, k=10, max_knn_points=50)
+    sub = np.sort(np.random.default_rng(0).choice(90, 50, replace=False))
+    assert knn_capped.n_knn == 50 and knn_capped.knn_acc_full == pytest.approx(fa.knn_accuracy(X[sub], labels[sub], 10))
+    # a layout fitted on a sample (the others NaN) is judged on the points it placed
+    partial = bad_layout.copy()
+    partial[::3] = np.nan
+    placed = fa.layout_faithfulness(X, partial, labels, k=10)
+    keep = np.isfinite(partial[:, 0])
+    assert placed.n_images == 60 and placed == fa.layout_faithfulness(X[keep], bad_layout[keep], labels[keep], k=10)
     # cached: the same numbers, read back
     cache = FeatureCache(tmp_path / "c")
     assert fa.cached_faithfulness(X, bad_layout, labels, 10, cache=cache) == bad

@@ -82,16 +82,17 @@ def explore_faithfulness(fs: FeatureSet, block: str, embedding: np.ndarray, k: i
     under the features' cache key (which fixes the images, their domains and the feature values) and the
     layout's digest, so a warm call reads no features (``cached_faithfulness`` hashes the whole feature array:
     a full layer read on every slider move)."""
-    from core.analysis.faithfulness import DEFAULT_K, TRUST_MAX_POINTS, Faithfulness, layout_faithfulness
+    from core.analysis.faithfulness import DEFAULT_K, KNN_MAX_POINTS, TRUST_MAX_POINTS, from_arrays, layout_faithfulness
     from core.analysis.reduce import features_digest
 
     k = DEFAULT_K if k is None else k
     cache = cache or FeatureCache()
     key = stable_hash({"features": fs.cache_key, "block": block, "n": len(fs.ids), "layout": features_digest(embedding),
-                       "k": int(k), "seed": int(random_state), "max": TRUST_MAX_POINTS, "v": 1}, 32)
+                       "k": int(k), "seed": int(random_state), "max": TRUST_MAX_POINTS, "knn_max": KNN_MAX_POINTS,
+                       "v": 2}, 32)
     hit = cache.load_result("faithfulness", key)
     if hit is not None:
-        return Faithfulness(**{f: (int(v) if f in ("k", "n_trust", "n_images") else float(v)) for f, v in hit.items()})
+        return from_arrays(hit)
     out = layout_faithfulness(fs.features[block], embedding, fs.domains, k, random_state)
     cache.save_result("faithfulness", key, {f: np.array(v) for f, v in out.to_dict().items()})
     return out

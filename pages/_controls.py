@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.engine.prompts import PromptSpec
 from core.backbones.base import Backbone
+from core.analysis import reduce as layouts
 from core.analysis.reduce import ReductionConfig
 
 from pages._access import warm_umap
@@ -134,6 +135,16 @@ def reduction_controls(seed: int, prefix: str = "", container: Any = st, params_
         kw["min_dist"] = float(c2.slider("Min. distance", 0.0, 0.99, step=0.01, key=f"{prefix}min_dist"))
         current = st.session_state.get(SETTINGS_KEY)
         warm_umap(current.max_per_domain * n_domains(current) if current is not None else None)
+    if method != "pca":
+        current = st.session_state.get(SETTINGS_KEY)
+        n_max = current.max_per_domain * n_domains(current) if current is not None else 0
+        if n_max > layouts.LAYOUT_SAMPLE:  # only where the layout is fitted on a sample
+            ensure_state(f"{prefix}place_all", lambda v: isinstance(v, bool), False)
+            kw["place_all"] = pc.toggle(
+                "Place every point", key=f"{prefix}place_all",
+                help=f"{REDUCER_LABELS[method]} is fitted on a stratified sample of {layouts.LAYOUT_SAMPLE:,} images; the "
+                     "others are left out (\"sample of N\"). On: the fitted embedding's transform places every "
+                     "other image too (minutes for hundreds of thousands of images; cached afterwards).")
     return ReductionConfig(method=method, random_state=int(seed), **kw)
 
 

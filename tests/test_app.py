@@ -237,6 +237,24 @@ def test_token_pooling_radio_only_where_the_model_offers_a_choice(tiny_app, tiny
     assert any("--token-pooling mean" in c.value for c in at.code if "python -m core sweep" in c.value)
 
 
+def test_layout_sample_and_place_every_point(tiny_app, monkeypatch):
+    """Above the layout sample a t-SNE is fitted on a stratified sample and shows only it; the "Place every
+    point" toggle (shown only then) places the others with the fitted embedding's transform."""
+    from core.analysis import reduce as layouts
+
+    at = tiny_app.run()
+    at.radio(key="reducer").set_value("tsne").run()
+    assert_clean(at)
+    assert not [t for t in at.toggle if t.key == "place_all"]  # 40 images: all fitted, nothing to place
+    monkeypatch.setattr(layouts, "LAYOUT_SAMPLE", 16)
+    at.run()
+    assert_clean(at)
+    assert sum(np.isfinite(np.asarray(t.x, float)).sum() for t in charts(at)[0].data) == 16
+    at.toggle(key="place_all").set_value(True).run()
+    assert_clean(at)
+    assert sum(np.isfinite(np.asarray(t.x, float)).sum() for t in charts(at)[0].data) == 4 * N_PER_DOMAIN
+
+
 def test_colouring_and_reducers(tiny_app):
     at = tiny_app.run()
     at.radio(key="color_by").set_value("class").run()

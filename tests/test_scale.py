@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +318,32 @@ def test_warm_explore_move_with_faithfulness_reads_no_feature_bytes(model, tiny_
     warm = explore_view(c, "mid_block", ReductionConfig("pca"), model=model, n_seeds=1)
     assert explore_faithfulness(warm.features, "mid_block", warm.embedding) == first
     assert warm.features.features.loaded() == []  # layout, scores and faithfulness from the cache
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_layout_at_scale_fits_a_stratified_sample_and_places_the_rest_on_request(method):
+    """Above the layout sample t-SNE / UMAP place the sample only (the rest NaN: "sample of N"); with
+    place_all the fitted embedding's transform places every other point, next to its own cluster."""
+    from core.analysis.reduce import ReductionConfig, layout_at_scale, reduce, stratified_sample
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], [160, 120, 80])
+    X = (rng.normal(size=(360, 20)) + 6 * np.eye(20)[np.searchsorted(["a", "b", "c"], labels)]).astype(np.float32)
+    base = ReductionConfig(method, pca_dims=10, n_neighbors=10, perplexity=15)
+    idx = stratified_sample(labels, 90, 0)
+    assert [int((labels[idx] == c).sum()) for c in "abc"] == [40, 30, 20]  # in proportion
+
+    emb, fitted = layout_at_scale(X, labels, base, max_points=90)
+    placed = np.isfinite(emb).all(1)
+    assert fitted == 90 and placed.sum() == 90 and np.array_equal(np.flatnonzero(placed), idx)
+    if method == "tsne":  # the sample's layout is the plain reduce() of the sample
+        np.testing.assert_allclose(emb[idx], reduce(X[idx], base), rtol=1e-5, atol=1e-5)
+
+    calls = []
+    full = replace(base, place_all=True)
+    assert "place_all" not in base.params() and full.params()["place_all"] is True  # its own layout cache key
+    emb2, fitted2 = layout_at_scale(X, labels, full, max_points=90, progress=lambda d, t: calls.append((d, t)))
+    assert fitted2 == 90 and np.isfinite(emb2).all() and calls[-1] == (270, 270)
+    rest = np.setdiff1d(np.arange(360), idx)
+    d = ((emb2[rest, None, :] - emb2[None, idx, :]) ** 2).sum(-1)
+    assert (labels[idx][d.argmin(1)] == labels[rest]).mean() > 0.95  # each placed point lands by its own cluster

@@ -15,7 +15,7 @@ from core.data.datasets import Dataset
 from core.engine.extract import ExtractionConfig, FeatureSet, NotCached, get_features
 from core.analysis.metrics import Scores
 from core.backbones.base import Backbone
-from core.analysis.reduce import LAYOUT_SAMPLE, ReductionConfig, layout_at_scale
+from core.analysis.reduce import ReductionConfig, layout_at_scale
 from core.analysis.sweep import cached_scores
 
 
@@ -63,9 +63,12 @@ def explore_view(
 
 
 def cached_layout(fs: FeatureSet, block: str, reduction: ReductionConfig, cache: FeatureCache,
-                  max_points: int = LAYOUT_SAMPLE) -> tuple[np.ndarray, int]:
+                  max_points: int | None = None) -> tuple[np.ndarray, int]:
     """:func:`core.analysis.reduce.layout_at_scale` of one block, cached under the features' cache key (which
     fixes the images and their content), so a warm call reads no features at all."""
+    from core.analysis import reduce as layouts
+
+    max_points = layouts.LAYOUT_SAMPLE if max_points is None else max_points
     key = stable_hash({"features": fs.cache_key, "block": block, "n": len(fs.ids), "max_points": max_points,
                        **reduction.params(), "v": 1}, 32)
     hit = cache.load_result("layouts", key)

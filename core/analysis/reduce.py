@@ -33,6 +33,8 @@ class ReductionConfig:
     pca_dims: int = 50  # pre-reduction for t-SNE / UMAP (0 = off)
     theta: float = 0.7  # t-SNE Barnes-Hut accuracy (openTSNE's default 0.5; 0 = exact gradients)
     random_state: int = 0
+    place_all: bool = False  # t-SNE / UMAP above the layout sample: place the other points with the fitted
+    # embedding's transform (openTSNE / UMAP ``transform``; minutes at DomainNet scale) instead of leaving them out
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -50,6 +52,8 @@ class ReductionConfig:
             d.pop("n_neighbors"), d.pop("min_dist")
         else:
             d.pop("perplexity"), d.pop("theta")
+        if not self.place_all:
+            d.pop("place_all")  # keys of layouts cached before the option existed stay valid
         return d
 
 
@@ -82,19 +86,26 @@ def reduce(features: np.ndarray, config: ReductionConfig = ReductionConfig()) ->
         return out
     if config.pca_dims and X.shape[1] > config.pca_dims:
         X = _pca(X, config.pca_dims, config.random_state)
+    return _fit_nonlinear(X, config)[0]
+
+
+def _fit_nonlinear(X: np.ndarray, config: ReductionConfig):
+    """t-SNE or UMAP of (pre-reduced) ``X``: (embedding float32, ``place(Y)`` giving positions to new rows of
+    the same space with the fitted embedding's ``transform``)."""
+    n = len(X)
     if config.method == "tsne":
         from openTSNE import TSNE
 
         perplexity = float(min(config.perplexity, max(2.0, (n - 1) / 3)))
         emb = TSNE(n_components=config.n_components, perplexity=perplexity, random_state=config.random_state,
                    theta=config.theta, n_jobs=_n_jobs(), initialization="pca", verbose=False).fit(X)
-        return np.asarray(emb, dtype=np.float32)
+        return np.asarray(emb, dtype=np.float32), lambda Y: np.asarray(emb.transform(Y), dtype=np.float32)
     umap = import_umap()
 
     reducer = umap.UMAP(n_components=config.n_components, n_neighbors=min(config.n_neighbors, n - 1),
                         min_dist=config.min_dist, random_state=config.random_state,
                         init="spectral" if n > config.n_components + 2 else "random")
-    return reducer.fit_transform(X).astype(np.float32)
+    return reducer.fit_transform(X).astype(np.float32), lambda Y: reducer.transform(Y).astype(np.float32)
 
 
 def features_digest(features: np.ndarray) -> str:
@@ -199,6 +210,9 @@ def warm_umap(n_small: int = 64, n_approx: int = 300, dim: int = 50, on_stage=No
 LAYOUT_SAMPLE = 50_000  # t-SNE / UMAP are fitted on at most this many points (a stratified, seeded sample)
 
 
+PLACE_BLOCK = 16_384  # rows placed per transform call (bounded memory, progress)
+
+
 def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``n`` points, each label represented in proportion (at least one each), seeded."""
     labels = np.asarray(labels)
@@ -212,13 +226,17 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def layout_at_scale(features: np.ndarray, labels: np.ndarray, config: ReductionConfig = ReductionConfig(),
-                    max_points: int = LAYOUT_SAMPLE) -> tuple[np.ndarray, int]:
+                    max_points: int = LAYOUT_SAMPLE, progress=None) -> tuple[np.ndarray, int]:
     """(embedding (n, n_components) float32, number of points the layout was fitted on).
 
     Up to ``max_points`` this is :func:`reduce`. Above it the layout is fitted on a stratified seeded sample of
     ``max_points`` (stratified by ``labels``): PCA then places every point (its transform is exact); t-SNE and
-    UMAP give positions to the sample only and the other rows are NaN (figures show them as "sample of N":
-    openTSNE's / UMAP's ``transform`` of 500k more points would cost minutes on two cores)."""
+    UMAP give positions to the sample only and the other rows are NaN (figures show them as "sample of N"),
+    unless ``config.place_all``: then the other points are placed, a block of rows at a time, by the fitted
+    embedding's ``transform`` (openTSNE: each new point optimised against the fixed sample; UMAP: its
+    fuzzy-graph placement), after the same PCA pre-reduction fitted on the sample. That costs minutes for
+    500k more points on two cores (bench 14 measures it), so it is an option. ``progress(done, total)`` is
+    called per block of placed rows."""
     X = np.asarray(features)
     n = len(X)
     if n <= max_points:
@@ -234,5 +252,22 @@ def layout_at_scale(features: np.ndarray, labels: np.ndarray, config: ReductionC
             out[a:a + 65536, :k] = pca.transform(np.asarray(X[a:a + 65536], dtype=np.float32))
         return out, len(idx)
     out = np.full((n, config.n_components), np.nan, np.float32)
-    out[idx] = reduce(np.asarray(X[idx], dtype=np.float32), config)
+    if not config.place_all:
+        out[idx] = reduce(np.asarray(X[idx], dtype=np.float32), config)
+        return out, len(idx)
+    S = np.asarray(X[idx], dtype=np.float32)
+    pca = None
+    if config.pca_dims and X.shape[1] > config.pca_dims:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=min(config.pca_dims, len(idx)), random_state=config.random_state).fit(S)
+        S = pca.transform(S).astype(np.float32)
+    out[idx], place = _fit_nonlinear(S, config)
+    rest = np.setdiff1d(np.arange(n), idx)
+    for a in range(0, len(rest), PLACE_BLOCK):
+        rows = rest[a:a + PLACE_BLOCK]
+        Y = np.asarray(X[rows], dtype=np.float32)
+        out[rows] = place(pca.transform(Y).astype(np.float32) if pca is not None else Y)
+        if progress:
+            progress(a + len(rows), len(rest))
     return out, len(idx)

@@ -18,7 +18,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
-from pages import _common as ui  # noqa: E402
+from pages._access import start_umap_warmup  # noqa: E402
+from pages._sidebar import sidebar
 
 st.set_page_config(page_title="DomainLens", page_icon=":material/blur_on:", layout="wide",
                    menu_items={"About": "DomainLens: how diffusion UNet features separate image domains."})
@@ -37,17 +38,17 @@ PAGES = [
 
 # UMAP's numba code compiles once per process (~15-40 s): start it now in the background, so the first UMAP a
 # user asks for is a warm one (pages/_access.warm_umap waits for it if it is still running).
-ui.start_umap_warmup()
+start_umap_warmup()
 
 # Less empty space above the page title (wide layout on laptops and projectors).
 st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem;}</style>")
 
 # Our own page links: `client.showSidebarNavigation = false` (.streamlit/config.toml) hides the list Streamlit
-# builds from the pages/ folder on a cold start (it would offer pages/_common.py as a "common" page), and
+# builds from the pages/ folder on a cold start (it would offer pages/_env.py as an "env" page), and
 # that option hides st.navigation's sidebar menu too, so the menu is drawn here.
 page = st.navigation(PAGES, position="hidden")
 for p in PAGES:
     st.sidebar.page_link(p, label=p.title, icon=p.icon)
-if ui.sidebar() is None:  # the problem is shown with what to do; the page needs valid settings
+if sidebar() is None:  # the problem is shown with what to do; the page needs valid settings
     st.stop()
 page.run()

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from pages import _common as ui
+from pages._access import scanned_dataset
+from pages._progress import run_core
 
 MAX_ENTRIES = 16
 
@@ -26,13 +27,13 @@ def _store() -> OrderedDict:
 
 
 def memo_run(key: dict, fn: Callable, *args, label: str = "Extracting features", **kwargs) -> Any:
-    """``ui.run_core(fn, *args, **kwargs)`` once per ``key`` (JSON-able) per server process."""
+    """``run_core(fn, *args, **kwargs)`` once per ``key`` (JSON-able) per server process."""
     k = json.dumps(key, sort_keys=True, default=str)
     store = _store()
     if k in store:
         store.move_to_end(k)
         return store[k]
-    out = ui.run_core(fn, *args, label=label, **kwargs)
+    out = run_core(fn, *args, label=label, **kwargs)
     store[k] = out
     while len(store) > MAX_ENTRIES:
         store.popitem(last=False)
@@ -43,4 +44,4 @@ def request_key(view: str, s, config, **extra) -> dict:
     """The memo key of a view: its name, the configuration, device and dataset fingerprint, and extras."""
     return {"view": view, "config": config.to_dict(), "device": s.device,
             "cache": os.environ.get("DOMAINLENS_CACHE_DIR", ""),
-            "fingerprint": ui.scanned_dataset(config.dataset).fingerprint, **extra}
+            "fingerprint": scanned_dataset(config.dataset).fingerprint, **extra}

@@ -9,7 +9,10 @@ from typing import Sequence
 import streamlit as st
 
 from core.analysis.report import ReportConfig, build_report, render_html, render_markdown
-from pages import _common as ui
+from pages._access import get_model
+from pages._controls import ensure_state
+from pages._env import EXPECTED_ERRORS
+from pages._sidebar import current_model, model_choices, model_label, OTHER_MODEL, Settings
 
 
 def eta_text(done: int, total: int, elapsed: float) -> str:
@@ -24,18 +27,18 @@ def eta_text(done: int, total: int, elapsed: float) -> str:
 def _build(config: ReportConfig, device: str) -> tuple[str, str]:
     """The report's HTML and markdown (after :func:`build_report` ran once with a progress bar, every
     feature, score and layout comes from the disk cache)."""
-    loaded = {m: ui.get_model(m, device) for m in config.models}
+    loaded = {m: get_model(m, device) for m in config.models}
     rep = build_report(config, device=device, models=loaded, command=config.command("report.html", "both"))
     return render_html(rep), render_markdown(rep)
 
 
-def report_button(s: ui.Settings, blocks: Sequence[str], timesteps: Sequence[int], key: str = "report") -> None:
+def report_button(s: Settings, blocks: Sequence[str], timesteps: Sequence[int], key: str = "report") -> None:
     """A button that builds the report of ``s.dataset`` x (the sidebar's model + chosen others) at ``blocks``
     and ``timesteps``; the files stay offered for download until the selection changes."""
     st.subheader("Report")
-    others = [m for m in ui.model_choices() if m not in (s.model, ui.OTHER_MODEL)]
-    ui.ensure_state(f"{key}_others", lambda v: isinstance(v, list) and all(m in others for m in v), [])
-    extra = st.multiselect("Also in the report", others, key=f"{key}_others", format_func=ui.model_label,
+    others = [m for m in model_choices() if m not in (s.model, OTHER_MODEL)]
+    ensure_state(f"{key}_others", lambda v: isinstance(v, list) and all(m in others for m in v), [])
+    extra = st.multiselect("Also in the report", others, key=f"{key}_others", format_func=model_label,
                            help="More model columns (e.g. the baselines); each at its own layers.")
     config = ReportConfig(datasets=(s.dataset,), models=(s.model, *extra), blocks=tuple(blocks) or None,
                           timesteps=tuple(int(t) for t in timesteps), max_per_domain=s.max_per_domain, seed=s.seed)
@@ -49,7 +52,7 @@ def report_button(s: ui.Settings, blocks: Sequence[str], timesteps: Sequence[int
         st.caption("Builds the report for this dataset, model(s), blocks and timesteps.")
         return
     for m in config.models:
-        ui.current_model(s, m)
+        current_model(s, m)
     n_model = None
     try:
         if clicked:  # compute what is missing with a progress bar (features, scores, layouts go to the disk cache)
@@ -62,11 +65,11 @@ def report_button(s: ui.Settings, blocks: Sequence[str], timesteps: Sequence[int
 
             try:
                 n_model = build_report(config, device=s.device, progress=progress,
-                                       models={m: ui.get_model(m, s.device) for m in config.models}).n_model_images
+                                       models={m: get_model(m, s.device) for m in config.models}).n_model_images
             finally:
                 bar.empty()
         html_text, md_text = _build(config, s.device)  # from the disk cache: runs no model
-    except ui.EXPECTED_ERRORS as e:
+    except EXPECTED_ERRORS as e:
         st.error(f"{e}\n\nChange the selection and try again.")
         return
     cost = "" if n_model is None else f"; {n_model} image(s) went through a model, 0 = all from the cache"

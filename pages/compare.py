@@ -11,37 +11,43 @@ import streamlit as st
 from core import figures
 from core.analysis.explore import explore_faithfulness, explore_view
 from core.analysis.moved import DEFAULT_K, what_moved
-from pages import _common as ui
+from pages._access import scanned_dataset, thumbnail
+from pages._controls import colour_control, ensure_state, reduction_controls, setting_controls
+from pages._exports import export_panel, reproduce_spec
+from pages._output import faithfulness_metrics, hover_texts, labels_for, PLOT_CONFIG, score_metrics
+from pages._progress import run_core
+from pages._sidebar import (contrast_model, current_model, model_choices, model_label, OTHER_MODEL, settings,
+                            short_model_name)
 
-s = ui.settings()
+s = settings()
 
 st.title("Compare")
 st.caption("Two feature spaces on the same images, e.g. a diffusion block against a baseline or another "
            "timestep. Layout B is Procrustes-aligned to layout A.")
 
-choices = list(dict.fromkeys([s.model] + [m for m in ui.model_choices() if m != ui.OTHER_MODEL]))
-defaults = {"A": s.model, "B": ui.contrast_model(ui.current_model(s), choices)}
+choices = list(dict.fromkeys([s.model] + [m for m in model_choices() if m != OTHER_MODEL]))
+defaults = {"A": s.model, "B": contrast_model(current_model(s), choices)}
 ctrl = dict(zip("AB", st.columns(2, gap="large")))
 sides = {}
 for name, col in ctrl.items():
     prefix = f"cmp_{name.lower()}_"
     with col:
         st.subheader(f"Setting {name}")
-        ui.ensure_state(f"{prefix}model", lambda v: v in choices, defaults[name])
-        model_name = st.selectbox("Model", choices, key=f"{prefix}model", format_func=ui.model_label)
-        model = ui.current_model(s, model_name, container=col)
-        block, timestep, prompt, cond = ui.setting_controls(model, prefix)
+        ensure_state(f"{prefix}model", lambda v: v in choices, defaults[name])
+        model_name = st.selectbox("Model", choices, key=f"{prefix}model", format_func=model_label)
+        model = current_model(s, model_name, container=col)
+        block, timestep, prompt, cond = setting_controls(model, prefix)
     sides[name] = (model, block, timestep, prompt, cond)
 
 c_red, c_par, c_col = st.columns([5, 4, 4], gap="large")
-reduction = ui.reduction_controls(s.seed, prefix="cmp_", container=c_red, params_container=c_par)
-colour = ui.colour_control(prefix="cmp_", container=c_col, clusters=False)
+reduction = reduction_controls(s.seed, prefix="cmp_", container=c_red, params_container=c_par)
+colour = colour_control(prefix="cmp_", container=c_col, clusters=False)
 
 results, configs = {}, {}
 for name, (model, block, timestep, prompt, cond) in sides.items():
     configs[name] = s.extraction(timestep, prompt, model=model.name, **cond)
-    results[name] = ui.run_core(explore_view, configs[name], block, reduction, model=model, device=s.device,
-                                dataset=ui.scanned_dataset(configs[name].dataset),
+    results[name] = run_core(explore_view, configs[name], block, reduction, model=model, device=s.device,
+                                dataset=scanned_dataset(configs[name].dataset),
                                 label=f"Setting {name}: extracting features")
 
 ra, rb = results["A"], results["B"]
@@ -52,18 +58,18 @@ plots = dict(zip("AB", st.columns(2, gap="large")))  # one row: both layouts at 
 for name, res, emb in (("A", ra, ra.embedding), ("B", rb, aligned_b)):
     model, block, timestep, _, _ = sides[name]
     fs = res.features
-    labels, categories = ui.labels_for(fs, colour, block, s.seed)
-    title = f"{name}: {ui.short_model_name(model.name)} · {block}" + (f" · t = {timestep}" if model.uses_timestep else "")
-    hover = ui.hover_texts(fs) if len(fs) <= figures.DENSITY_ABOVE else None  # a density view draws no hover
+    labels, categories = labels_for(fs, colour, block, s.seed)
+    title = f"{name}: {short_model_name(model.name)} · {block}" + (f" · t = {timestep}" if model.uses_timestep else "")
+    hover = hover_texts(fs) if len(fs) <= figures.DENSITY_ABOVE else None  # a density view draws no hover
     figs[name] = figures.scatter(emb, labels, hover=hover, categories=categories,
                                  label_name=colour, title=title, ranges=ranges, height=520)
     with plots[name]:
-        st.plotly_chart(figs[name], theme=None, config=ui.PLOT_CONFIG, key=f"cmp_plot_{name}")
+        st.plotly_chart(figs[name], theme=None, config=PLOT_CONFIG, key=f"cmp_plot_{name}")
         m1, m2 = st.columns(2)
-        ui.score_metrics(res.scores, len(fs.domain_names), container=[m1, m2, m1, m2],
+        score_metrics(res.scores, len(fs.domain_names), container=[m1, m2, m1, m2],
                          reference=None if name == "A" else ra.scores)
         faith = explore_faithfulness(fs, block, res.embedding, random_state=s.seed)
-        ui.faithfulness_metrics(faith, container=[m1, m2])
+        faithfulness_metrics(faith, container=[m1, m2])
 
 n_common = len(set(ra.features.ids) & set(rb.features.ids))
 st.caption(f"Layout B aligned to A on {n_common:,} shared images (Procrustes disparity {disparity:.2f}: "
@@ -77,7 +83,7 @@ st.subheader("What moved")
 st.caption("Images whose neighbourhood changes most from A to B: the share of an image's k nearest neighbours "
            "in A's full feature space that are not among its k nearest in B's (the layouts play no part). "
            "Per-domain NMI: how cleanly k-means isolates each domain (1 = the domain is one cluster).")
-ui.ensure_state("cmp_moved_k", lambda v: isinstance(v, int), DEFAULT_K)
+ensure_state("cmp_moved_k", lambda v: isinstance(v, int), DEFAULT_K)
 c_k, _ = st.columns([2, 5])
 k = int(c_k.slider("Neighbours k", 2, 50, key="cmp_moved_k"))
 try:
@@ -88,7 +94,7 @@ except ValueError as e:
 c_tab, c_dom = st.columns([3, 2], gap="large")
 with c_tab:
     top = moved.table.head(50).copy()
-    top.insert(1, "image", [ui.thumbnail(p, 64) for p in top["path"]])
+    top.insert(1, "image", [thumbnail(p, 64) for p in top["path"]])
     st.dataframe(top.drop(columns=["path"]), hide_index=True, key="cmp_moved_table", row_height=68,
                  column_config={"image": st.column_config.ImageColumn("image", width="small"),
                                 "moved": st.column_config.ProgressColumn(
@@ -100,9 +106,9 @@ with c_dom:
                  column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "delta" else "%.3f")
                                 for c in ("A", "B", "delta", "mean moved")})
 
-spec = {name: ui.reproduce_spec(configs[name], sides[name][1], reduction) for name in ("A", "B")}
+spec = {name: reproduce_spec(configs[name], sides[name][1], reduction) for name in ("A", "B")}
 spec["cli"] = "\n".join(spec[n]["cli"] for n in ("A", "B"))
 spec["what_moved"] = {"k": moved.k, "n_seeds": 5, "api": "core.analysis.moved.what_moved(fs_a, block_a, fs_b, block_b, k)"}
-ui.export_panel("compare", figs={"layout A": figs["A"], "layout B": figs["B"]},
+export_panel("compare", figs={"layout A": figs["A"], "layout B": figs["B"]},
                 tables={"scores": table, "what moved": moved.table, "per-domain NMI": moved.per_domain},
                 spec=spec, key="compare-export")

@@ -13,7 +13,14 @@ from core import figures
 from core.analysis.dg import dg_command, domainbed_zip, layout_labels, mean_rows, rank_settings
 from core.analysis.reduce import ReductionConfig, cached_reduce
 from core.engine.extract import get_features
-from pages import _common as ui
+from pages._access import scanned_dataset
+from pages._controls import ensure_state
+from pages._env import EXPECTED_ERRORS
+from pages._exports import export_panel
+from pages._output import PLOT_CONFIG
+from pages._progress import run_core
+from pages._sidebar import (current_model, DEFAULT_TIMESTEP, model_choices, model_label, n_domains, OTHER_MODEL,
+                            settings, short_model_name)
 
 
 @st.cache_data(show_spinner="Leave-one-domain-out probes…", max_entries=16)
@@ -24,8 +31,8 @@ def ranking(dataset: str, models: tuple[str, ...], blocks: tuple[str, ...], time
                          seed=seed, analysis_seed=seed, n_clusters=k, device=device, loaded=_loaded)
 
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Domain generalization")
 st.caption("Leave one domain out: which features would help a model trained on the other domains? For each "
@@ -34,26 +41,26 @@ st.caption("Leave one domain out: which features would help a model trained on t
            "features carry), and the probe is tried with the pseudo-domain appended (as GUIDE does).")
 
 c_blocks, c_times, c_models, c_k = st.columns([4, 3, 4, 2], gap="large")
-ui.ensure_state("dg_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), [model.default_block])
+ensure_state("dg_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), [model.default_block])
 blocks = c_blocks.multiselect("Blocks", model.blocks, key="dg_blocks")
-timesteps = [ui.DEFAULT_TIMESTEP]
+timesteps = [DEFAULT_TIMESTEP]
 if model.uses_timestep:
     hi = model.num_train_timesteps - 1
     choices = sorted({min(t, hi) for t in (0, 10, 25, 50, 100, 200, 300, 500, 700, 900, 999)})
-    ui.ensure_state("dg_timesteps", lambda v: bool(v) and all(t in choices for t in v), [min(50, hi)])
+    ensure_state("dg_timesteps", lambda v: bool(v) and all(t in choices for t in v), [min(50, hi)])
     timesteps = c_times.multiselect("Timesteps", choices, key="dg_timesteps")
 else:
     c_times.markdown("**Timesteps:** n/a (baseline)")
-others = [m for m in ui.model_choices() if m not in (s.model, ui.OTHER_MODEL)]
-ui.ensure_state("dg_others", lambda v: isinstance(v, list) and all(m in others for m in v), [])
-extra = c_models.multiselect("Also rank", others, key="dg_others", format_func=ui.model_label,
+others = [m for m in model_choices() if m not in (s.model, OTHER_MODEL)]
+ensure_state("dg_others", lambda v: isinstance(v, list) and all(m in others for m in v), [])
+extra = c_models.multiselect("Also rank", others, key="dg_others", format_func=model_label,
                              help="Other models (e.g. the baselines) ranked beside the sidebar's, each at all of "
                                   "its own layers.")
-n_dom = ui.n_domains(s)
+n_dom = n_domains(s)
 if n_dom < 3:
     st.error(f"Leave-one-domain-out needs at least 3 domains; this dataset has {n_dom}. Pick another dataset.")
     st.stop()
-ui.ensure_state("dg_k", lambda v: isinstance(v, int) and 2 <= v <= 100, max(2, n_dom - 1))
+ensure_state("dg_k", lambda v: isinstance(v, int) and 2 <= v <= 100, max(2, n_dom - 1))
 k = int(c_k.number_input("Pseudo-domains K", min_value=2, max_value=100, step=1, key="dg_k",
                          help="k-means clusters fitted on the training domains (default: their number). GUIDE "
                               "used K = classes × {1, 3, 5}."))
@@ -62,15 +69,15 @@ if not blocks or not timesteps:
     st.stop()
 
 models = (s.model, *extra)
-loaded = {m: ui.current_model(s, m) for m in models}
+loaded = {m: current_model(s, m) for m in models}
 for m, mdl in loaded.items():  # extract what is missing first (progress bar), then rank from the cache
     own = [b for b in blocks if b in mdl.blocks] or list(mdl.blocks)
-    for t in (timesteps if mdl.uses_timestep else [ui.DEFAULT_TIMESTEP]):
-        ui.run_core(get_features, s.extraction(t, model=m), own, model=mdl, device=s.device)
+    for t in (timesteps if mdl.uses_timestep else [DEFAULT_TIMESTEP]):
+        run_core(get_features, s.extraction(t, model=m), own, model=mdl, device=s.device)
 try:
     rank, results = ranking(s.dataset, models, tuple(blocks), tuple(timesteps), s.max_per_domain, s.seed, k,
                             s.device, _loaded=loaded)
-except ui.EXPECTED_ERRORS as e:
+except EXPECTED_ERRORS as e:
     st.error(f"{e}\n\nChange the setting in the controls or the sidebar and try again.")
     st.stop()
 means = mean_rows(rank)
@@ -78,26 +85,26 @@ top = means.iloc[0]
 key_of = {}
 for _, r in means.iterrows():
     t = None if pd.isna(r["timestep"]) else int(r["timestep"])
-    key_of[f"{ui.short_model_name(r['model'])} · {r['block']}" + ("" if t is None else f" @ t={t}")] = (r["model"], r["block"], t)
+    key_of[f"{short_model_name(r['model'])} · {r['block']}" + ("" if t is None else f" @ t={t}")] = (r["model"], r["block"], t)
 
 st.subheader("Ranking of settings")
 st.caption("Mean over held-out domains. Rank by held-out class accuracy (higher: the features transfer) and by "
            "the gap in-domain − held-out (lower: less domain shift).")
 show = means[["model", "block", "timestep", "heldout_acc", "in_domain_acc", "gap", "heldout_acc_aug", "aug_delta",
               "landing_entropy_norm", "rank_heldout_acc", "rank_gap"]].copy()
-show["model"] = show["model"].map(ui.short_model_name)
+show["model"] = show["model"].map(short_model_name)
 st.dataframe(show, hide_index=True, width="stretch", key="dg_ranking",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
                             ("heldout_acc", "in_domain_acc", "gap", "heldout_acc_aug", "aug_delta",
                              "landing_entropy_norm")})
 
 labels = list(key_of)
-ui.ensure_state("dg_setting", lambda v: v in labels, labels[0])
+ensure_state("dg_setting", lambda v: v in labels, labels[0])
 c_set, c_dom = st.columns([3, 2], gap="large")
 chosen = c_set.selectbox("Setting", labels, key="dg_setting", help="Default: the top of the ranking.")
 res = results[key_of[chosen]]
 domains = [f.domain for f in res.folds]
-ui.ensure_state("dg_heldout", lambda v: v in domains, domains[0])
+ensure_state("dg_heldout", lambda v: v in domains, domains[0])
 held = c_dom.selectbox("Held-out domain", domains, key="dg_heldout")
 fold = res.fold(held)
 
@@ -119,13 +126,13 @@ st.dataframe(landing, hide_index=True, width="stretch", key="dg_landing",
 
 m_name, block, t = key_of[chosen]
 config = s.extraction(50 if t is None else t, model=m_name)
-fs = ui.run_core(get_features, config, [block], model=ui.current_model(s, m_name), device=s.device)
+fs = run_core(get_features, config, [block], model=current_model(s, m_name), device=s.device)
 emb = cached_reduce(fs.features[block], ReductionConfig(method="pca", random_state=s.seed))
 point_labels, cats = layout_labels(res, held)
 fig = figures.scatter(emb, point_labels, categories=cats, label_name="pseudo-domain",
                       hover=[f"<b>{d}</b> · {c}" for d, c in zip(fs.domains, fs.classes)],
                       title=f"{chosen} · PCA · held out: {held}")
-st.plotly_chart(fig, theme=None, config=ui.PLOT_CONFIG, key="dg_layout")
+st.plotly_chart(fig, theme=None, config=PLOT_CONFIG, key="dg_layout")
 
 st.subheader("Per held-out domain")
 table = res.frame()
@@ -134,12 +141,12 @@ st.dataframe(table.drop(columns=["model", "block", "timestep"]), hide_index=True
                             ("heldout_acc", "in_domain_acc", "gap", "heldout_acc_aug", "aug_delta",
                              "landing_entropy", "landing_entropy_norm", "top_share")})
 
-dataset_root = ui.scanned_dataset(s.dataset).root
+dataset_root = scanned_dataset(s.dataset).root
 cli = dg_command(s.dataset, list(models), list(blocks), list(timesteps), max_per_domain=s.max_per_domain,
                  seed=s.seed, analysis_seed=s.seed, n_clusters=k)
 spec = {"dataset": s.dataset, "models": list(models), "blocks": list(blocks), "timesteps": list(timesteps),
         "max_per_domain": s.max_per_domain, "seed": s.seed, "analysis_seed": s.seed, "pseudo_domains": k,
         "setting": {"model": m_name, "block": block, "timestep": t}, "cli": cli}
-ui.export_panel("dg", figs={"layout": fig}, tables={"ranking": rank, "held-out domains": table, "landing": landing},
+export_panel("dg", figs={"layout": fig}, tables={"ranking": rank, "held-out domains": table, "landing": landing},
                 files={"domainbed.zip": (domainbed_zip(res, dataset_root), "application/zip")}, spec=spec,
                 key="dg-export")

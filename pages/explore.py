@@ -6,10 +6,17 @@ import streamlit as st
 
 from core import figures
 from core.analysis.explore import explore_faithfulness, explore_view
-from pages import _common as ui
+from pages._access import scanned_dataset, thumbnail
+from pages._controls import (colour_control, COLOUR_LABELS, image_mode_control, REDUCER_LABELS, reduction_controls,
+                             setting_controls)
+from pages._exports import export_panel, reproduce_spec, scores_frame
+from pages._output import (faithfulness_metrics, hover_texts, image_grid, labels_for, PLOT_CONFIG, point_images,
+                           score_metrics, selected_rows, spatial_panel)
+from pages._progress import run_core
+from pages._sidebar import current_model, settings
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Explore")
 st.caption("Each point is an image, placed by the UNet feature of the chosen block. Scores use the full "
@@ -17,48 +24,48 @@ st.caption("Each point is an image, placed by the UNet feature of the chosen blo
            "(top right of the chart) and draw to see a group.")
 
 c_block, c_time, c_prompt = st.columns([5, 4, 4], gap="large")
-block, timestep, prompt, cond = ui.setting_controls(model, columns=(c_block, c_time, c_prompt))
+block, timestep, prompt, cond = setting_controls(model, columns=(c_block, c_time, c_prompt))
 c_red, c_par, c_col = st.columns([5, 4, 4], gap="large")
-reduction = ui.reduction_controls(s.seed, container=c_red, params_container=c_par)
-colour = ui.colour_control(container=c_col)
+reduction = reduction_controls(s.seed, container=c_red, params_container=c_par)
+colour = colour_control(container=c_col)
 
 config = s.extraction(timestep, prompt, **cond)
-result = ui.run_core(explore_view, config, block, reduction, model=model, device=s.device,
-                     dataset=ui.scanned_dataset(config.dataset))
+result = run_core(explore_view, config, block, reduction, model=model, device=s.device,
+                     dataset=scanned_dataset(config.dataset))
 fs = result.features
 
-labels, categories = ui.labels_for(fs, colour, block, s.seed)
-image_mode = ui.image_mode_control(len(fs), container=c_col)
+labels, categories = labels_for(fs, colour, block, s.seed)
+image_mode = image_mode_control(len(fs), container=c_col)
 faith = explore_faithfulness(fs, block, result.embedding, random_state=s.seed)  # no feature read when warm
-title = f"{block}" + (f" · t = {timestep}" if model.uses_timestep else "") + f" · {ui.REDUCER_LABELS[reduction.method]}"
-hover = ui.hover_texts(fs) if len(fs) <= figures.DENSITY_ABOVE else None  # a density view draws no hover
+title = f"{block}" + (f" · t = {timestep}" if model.uses_timestep else "") + f" · {REDUCER_LABELS[reduction.method]}"
+hover = hover_texts(fs) if len(fs) <= figures.DENSITY_ABOVE else None  # a density view draws no hover
 fig = figures.scatter(result.embedding, labels, hover=hover, categories=categories,
-                      label_name=ui.COLOUR_LABELS[colour].lower(), title=title,
-                      images=ui.point_images(fs, result.embedding) if image_mode else None)
+                      label_name=COLOUR_LABELS[colour].lower(), title=title,
+                      images=point_images(fs, result.embedding) if image_mode else None)
 
 c_plot, c_side = st.columns([3, 1], gap="medium")
 with c_plot:
     event = st.plotly_chart(fig, key="scatter", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            theme=None, config=ui.PLOT_CONFIG)
+                            theme=None, config=PLOT_CONFIG)
 with c_side:
-    ui.score_metrics(result.scores, len(fs.domain_names))
-    ui.faithfulness_metrics(faith)
+    score_metrics(result.scores, len(fs.domain_names))
+    faithfulness_metrics(faith)
     st.caption(f"{len(fs):,} images · {len(fs.domain_names)} domains · {len(fs.class_names)} classes"
                + (f" · {len(fs.skipped)} unreadable skipped" if fs.skipped else ""))
-    rows = ui.selected_rows(event)
+    rows = selected_rows(event)
     if len(rows) == 1:
         i = rows[0]
-        st.image(ui.thumbnail(fs.paths[i], 192), width=192)
+        st.image(thumbnail(fs.paths[i], 192), width=192)
         st.markdown(f"**{fs.domains[i]}** · {fs.classes[i]}  \n`{fs.ids[i]}`")
-        ui.spatial_panel(model, config, block, fs, rows, size=192, show_image=False, key="explore-spatial")
+        spatial_panel(model, config, block, fs, rows, size=192, show_image=False, key="explore-spatial")
 
 if len(rows) > 1:
     st.subheader("Selected images")
-    ui.image_grid(fs, rows)
+    image_grid(fs, rows)
     st.subheader(f"Spatial feature maps of {block}")
-    ui.spatial_panel(model, config, block, fs, rows, size=128, per_row=4, key="explore-spatial-grid")
+    spatial_panel(model, config, block, fs, rows, size=128, per_row=4, key="explore-spatial-grid")
 
-spec = ui.reproduce_spec(config, block, reduction, colour_by=colour, image_mode=image_mode,
+spec = reproduce_spec(config, block, reduction, colour_by=colour, image_mode=image_mode,
                          layout_faithfulness={"k": faith.k, "random_state": s.seed,
                                               "api": "core.analysis.explore.explore_faithfulness"})
 if rows:
@@ -66,9 +73,9 @@ if rows:
 
     spec["spatial_maps"] = {"layer": block, "images": [fs.ids[i] for i in rows[:spatial.MAX_SHOWN]],
                             "sample_size": spatial.DEFAULT_SAMPLE, "api": "core.analysis.spatial.spatial_view"}
-ui.export_panel(
+export_panel(
     "explore", figs={"layout": fig},
-    tables={"metrics": ui.scores_frame(result.scores, dataset=config.dataset, model=config.model, block=block,
+    tables={"metrics": scores_frame(result.scores, dataset=config.dataset, model=config.model, block=block,
                                        timestep=timestep if model.uses_timestep else None,
                                        prompt=prompt.label, seed=config.seed, max_per_domain=config.max_per_domain,
                                        **{f"layout_{k}": v for k, v in faith.to_dict().items()})},

@@ -8,14 +8,18 @@ import streamlit as st
 from core.analysis.filmstrip import ALIGNMENT, DEFAULT_TIMESTEPS, block_strip, clip_timesteps, timestep_strip
 from core.cli.views import command
 from core.figures.views import strip_figure
-from pages import _common as ui
+from pages._access import scanned_dataset
+from pages._controls import COLOUR_LABELS, ensure_state, pooling_control, REDUCER_LABELS, reduction_controls
+from pages._exports import export_panel
+from pages._output import PLOT_CONFIG
+from pages._sidebar import current_model, DEFAULT_TIMESTEP, settings
 from pages._memo import memo_run, request_key
 
 CHOICES = sorted(set(DEFAULT_TIMESTEPS) | {5, 150, 300, 500, 600, 800, 900})
 MODES = {"timestep": "Over timesteps (one block)", "block": "Walk down the UNet (one timestep)"}
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Film strip")
 st.caption("How the picture changes with the noise level, or from block to block: every frame places the same "
@@ -23,17 +27,17 @@ st.caption("How the picture changes with the noise level, or from block to block
            "under the chart; the frame control below also updates the scores.")
 
 modes = list(MODES) if model.uses_timestep else ["block"]
-ui.ensure_state("strip_mode", lambda v: v in modes, modes[0])
+ensure_state("strip_mode", lambda v: v in modes, modes[0])
 c_mode, c_what, c_red = st.columns([3, 5, 4], gap="large")
 mode = c_mode.radio("Strip", modes, key="strip_mode", format_func=MODES.get)
-timestep = ui.DEFAULT_TIMESTEP
+timestep = DEFAULT_TIMESTEP
 if mode == "timestep":
     hi = model.num_train_timesteps - 1
     choices = clip_timesteps(CHOICES, hi + 1)
     default = clip_timesteps(DEFAULT_TIMESTEPS, hi + 1)
-    ui.ensure_state("strip_block", lambda v: v in model.blocks, model.default_block)
+    ensure_state("strip_block", lambda v: v in model.blocks, model.default_block)
     block = c_what.select_slider("UNet block", options=model.blocks, key="strip_block")
-    ui.ensure_state("strip_timesteps", lambda v: bool(v) and all(t in choices for t in v), default)
+    ensure_state("strip_timesteps", lambda v: bool(v) and all(t in choices for t in v), default)
     timesteps = sorted(c_what.multiselect("Timesteps (frames)", choices, key="strip_timesteps",
                                           help="One UNet pass per timestep gives every block (cached)."))
     if not timesteps:
@@ -43,17 +47,17 @@ else:
     block = None
     if model.uses_timestep:
         hi = model.num_train_timesteps - 1
-        ui.ensure_state("strip_timestep", lambda v: isinstance(v, int) and 0 <= v <= hi, min(ui.DEFAULT_TIMESTEP, hi))
+        ensure_state("strip_timestep", lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
         timestep = c_what.slider("Timestep", 0, hi, key="strip_timestep")
     else:
         c_what.markdown("**Timestep:** n/a (baseline)")
-reduction = ui.reduction_controls(s.seed, prefix="strip_", container=c_red)
-ui.ensure_state("strip_colour", lambda v: v in ("domain", "class"), "domain")
+reduction = reduction_controls(s.seed, prefix="strip_", container=c_red)
+ensure_state("strip_colour", lambda v: v in ("domain", "class"), "domain")
 colour = c_red.radio("Colour by", ["domain", "class"], key="strip_colour", horizontal=True,
-                     format_func=ui.COLOUR_LABELS.get)
+                     format_func=COLOUR_LABELS.get)
 
-config = s.extraction(timestep, token_pooling=ui.pooling_control(model, c_what, "strip_"))
-ds = ui.scanned_dataset(config.dataset)
+config = s.extraction(timestep, token_pooling=pooling_control(model, c_what, "strip_"))
+ds = scanned_dataset(config.dataset)
 if mode == "timestep":
     key = request_key("filmstrip", s, config, mode=mode, block=block, timesteps=timesteps, reduction=reduction.params())
     strip = memo_run(key, timestep_strip, config, block, timesteps, reduction, model=model, device=s.device,
@@ -63,17 +67,17 @@ else:
     strip = memo_run(key, block_strip, config, None, reduction, model=model, device=s.device, dataset=ds)
 
 labels = strip.labels
-preferred = model.default_block if mode == "block" else f"t = {ui.DEFAULT_TIMESTEP}"
-ui.ensure_state("strip_frame", lambda v: v in labels, preferred if preferred in labels else labels[0])
+preferred = model.default_block if mode == "block" else f"t = {DEFAULT_TIMESTEP}"
+ensure_state("strip_frame", lambda v: v in labels, preferred if preferred in labels else labels[0])
 frame_label = st.select_slider("Frame", options=labels, key="strip_frame")
 k = labels.index(frame_label)
 row = strip.scores.iloc[k]
 fig = strip_figure(strip, colour, active=k,
                    title=(f"{block} · timesteps" if mode == "timestep" else
                           "Blocks" + (f" at t = {timestep}" if model.uses_timestep else "")) +
-                         f" · {ui.REDUCER_LABELS[reduction.method]}")
+                         f" · {REDUCER_LABELS[reduction.method]}")
 c_plot, c_side = st.columns([4, 1], gap="medium")
-c_plot.plotly_chart(fig, key="strip_chart", theme=None, config=ui.PLOT_CONFIG)
+c_plot.plotly_chart(fig, key="strip_chart", theme=None, config=PLOT_CONFIG)
 c_side.metric("Domain NMI", f"{row['domain_nmi']:.3f} ± {row['domain_nmi_std']:.3f}",
               help="k-means (K = number of domains) on the full features of this frame; mean ± std over 5 seeds.")
 c_side.metric("Class NMI", f"{row['class_nmi']:.3f} ± {row['class_nmi_std']:.3f}")
@@ -90,5 +94,5 @@ spec = {"view": "filmstrip", "extraction": config.to_dict(), **opts, "reduction"
         "cli": command("filmstrip", dataset=config.dataset, model=config.model, max_per_domain=config.max_per_domain,
                        token_pooling=config.token_pooling,
                        seed=config.seed, **opts, reducer=reduction.method, colour=colour, out="filmstrip")}
-ui.export_panel("filmstrip", figs={"film strip": fig},
+export_panel("filmstrip", figs={"film strip": fig},
                 tables={"frames": strip.scores, "layouts": strip.layouts_frame()}, spec=spec, key="strip-export")

@@ -12,14 +12,19 @@ from core.analysis.cka import auto_max_dim, cka_matrix, common_rows, model_layer
 from core.analysis.filmstrip import clip_timesteps
 from core.cli.views import command
 from core.figures.views import cka_heatmap
-from pages import _common as ui
+from pages._access import scanned_dataset
+from pages._controls import ensure_state, pooling_control
+from pages._exports import export_panel
+from pages._output import PLOT_CONFIG
+from pages._sidebar import (current_model, DEFAULT_TIMESTEP, model_choices, model_label, OTHER_MODEL, settings,
+                            short_model_name)
 from pages._memo import memo_run, request_key
 
 TIMESTEP_CHOICES = [0, 10, 25, 50, 100, 200, 400, 700, 999]
 NONE = "(none: this model's layers only)"
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Layer similarity")
 st.caption("Which layers see the images alike? Centred kernel alignment (CKA; Kornblith et al. 2019) between "
@@ -28,37 +33,37 @@ st.caption("Which layers see the images alike? Centred kernel alignment (CKA; Ko
            "when images are few.")
 
 c_blocks, c_times, c_opts = st.columns([5, 4, 3], gap="large")
-ui.ensure_state("cka_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
+ensure_state("cka_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
 picked = c_blocks.multiselect("Blocks", model.blocks, key="cka_blocks")
 blocks = [b for b in model.blocks if b in picked]
-timesteps: list[int] = [ui.DEFAULT_TIMESTEP]
+timesteps: list[int] = [DEFAULT_TIMESTEP]
 if model.uses_timestep:
     choices = clip_timesteps(TIMESTEP_CHOICES, model.num_train_timesteps)
-    ui.ensure_state("cka_timesteps", lambda v: bool(v) and all(t in choices for t in v),
+    ensure_state("cka_timesteps", lambda v: bool(v) and all(t in choices for t in v),
                     [t for t in (10, 50, 200) if t in choices] or choices[:1])
     timesteps = sorted(c_times.multiselect("Timesteps", choices, key="cka_timesteps"))
 else:
     c_times.markdown("**Timesteps:** n/a (baseline)")
-others = [m for m in ui.model_choices() if m not in (ui.OTHER_MODEL, s.model)]
-ui.ensure_state("cka_other", lambda v: v in [NONE] + others, NONE)
-other_name = c_opts.selectbox("Compare with model", [NONE] + others, key="cka_other", format_func=ui.model_label,
+others = [m for m in model_choices() if m not in (OTHER_MODEL, s.model)]
+ensure_state("cka_other", lambda v: v in [NONE] + others, NONE)
+other_name = c_opts.selectbox("Compare with model", [NONE] + others, key="cka_other", format_func=model_label,
                               help="Rows: this model's layers; columns: the other model's (same images).")
 debiased = c_opts.toggle("Debiased CKA", key="cka_debiased", value=False)
 if not blocks or not timesteps:
     st.info("Pick at least one block and one timestep.")
     st.stop()
 
-config = s.extraction(timesteps[0], token_pooling=ui.pooling_control(model, c_opts, "cka_"))
-ds = ui.scanned_dataset(config.dataset)
+config = s.extraction(timesteps[0], token_pooling=pooling_control(model, c_opts, "cka_"))
+ds = scanned_dataset(config.dataset)
 key = request_key("cka-layers", s, config, blocks=blocks, timesteps=timesteps)
 layers, ids = memo_run(key, model_layers, config, blocks, timesteps, model=model, device=s.device, dataset=ds)
 other_layers = None
 if other_name != NONE:
-    other = ui.current_model(s, other_name)
+    other = current_model(s, other_name)
     ocfg = replace(config, model=other_name)
     okey = request_key("cka-layers", s, ocfg, blocks=None, timesteps=timesteps)
     other_layers, oids = memo_run(okey, model_layers, ocfg, None, timesteps, model=other, device=s.device,
-                                  dataset=ds, prefix=f"{ui.short_model_name(other_name)}: ")
+                                  dataset=ds, prefix=f"{short_model_name(other_name)}: ")
     ra, rb = common_rows(ids, oids)
     layers = {k: v[ra] for k, v in layers.items()}
     other_layers = {k: v[rb] for k, v in other_layers.items()}
@@ -76,7 +81,7 @@ except ValueError as e:
 measure = "debiased CKA" if debiased else "linear CKA"
 fig = cka_heatmap(M, rows, cols, measure=measure,
                   title=f"{measure} · {len(next(iter(layers.values()))):,} images")
-st.plotly_chart(fig, key="cka_heatmap", theme=None, config=ui.PLOT_CONFIG)
+st.plotly_chart(fig, key="cka_heatmap", theme=None, config=PLOT_CONFIG)
 if max_dim:
     st.caption(f"Many features: each layer was first projected on its {max_dim} leading principal components "
                "(an approximation: CKA weights directions by their squared variance, so it is close when a few "
@@ -93,4 +98,4 @@ spec = {"view": "cka", "extraction": config.to_dict(), "measure": measure, "max_
         "cli": command("cka", dataset=config.dataset, model=config.model, max_per_domain=config.max_per_domain,
                        token_pooling=config.token_pooling,
                        seed=config.seed, **opts, out="cka")}
-ui.export_panel("cka", figs={"CKA heatmap": fig}, tables={"cka": long, "cka matrix": wide}, spec=spec, key="cka-export")
+export_panel("cka", figs={"CKA heatmap": fig}, tables={"cka": long, "cka matrix": wide}, spec=spec, key="cka-export")

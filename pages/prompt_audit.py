@@ -9,11 +9,15 @@ from core.analysis.prompt_audit import (CLASS_TEMPLATE, CONSTANT_PROMPT, DOMAIN_
                                         prompt_audit)
 from core.cli.views import command
 from core.figures.views import prompt_audit_figure
-from pages import _common as ui
+from pages._access import scanned_dataset
+from pages._controls import ensure_state
+from pages._exports import export_panel
+from pages._output import PLOT_CONFIG
+from pages._sidebar import current_model, DEFAULT_TIMESTEP, settings, short_model_name
 from pages._memo import memo_run, request_key
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Prompt audit")
 st.caption("Text that names the label leaks the label into the features. A class template (“"
@@ -23,32 +27,32 @@ st.caption("Text that names the label leaks the label into the features. A class
            "class) and one constant unrelated sentence. An NMI that rises with a label-naming template but not "
            "with the controls is leakage, not image content.")
 if not model.uses_prompt:
-    st.info(f"`{ui.short_model_name(s.model)}` takes no text prompt, so there is nothing to audit. Pick a diffusion "
+    st.info(f"`{short_model_name(s.model)}` takes no text prompt, so there is nothing to audit. Pick a diffusion "
             "model with a text encoder in the sidebar.")
     st.stop()
 
 c_blocks, c_time, c_const = st.columns([5, 3, 4], gap="large")
-ui.ensure_state("audit_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
+ensure_state("audit_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
 picked = c_blocks.multiselect("Blocks", model.blocks, key="audit_blocks")
 blocks = [b for b in model.blocks if b in picked]
 hi = model.num_train_timesteps - 1
-ui.ensure_state("audit_timestep", lambda v: isinstance(v, int) and 0 <= v <= hi, min(ui.DEFAULT_TIMESTEP, hi))
+ensure_state("audit_timestep", lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
 timestep = c_time.slider("Timestep", 0, hi, key="audit_timestep")
-ui.ensure_state("audit_constant", lambda v: isinstance(v, str), CONSTANT_PROMPT)
+ensure_state("audit_constant", lambda v: isinstance(v, str), CONSTANT_PROMPT)
 constant = c_const.text_input("Constant control prompt", key="audit_constant").strip() or CONSTANT_PROMPT
 if not blocks:
     st.info("Pick at least one block.")
     st.stop()
 
 config = s.extraction(timestep)
-ds = ui.scanned_dataset(config.dataset)
+ds = scanned_dataset(config.dataset)
 key = request_key("prompt-audit", s, config, blocks=blocks, constant=constant)
 df = memo_run(key, prompt_audit, config, blocks, model=model, device=s.device, dataset=ds, constant=constant,
               label="Extracting features (5 prompts)")
 leak = leakage(df)
 
 fig = prompt_audit_figure(df, block_order=list(model.blocks), title=f"Prompts at t = {timestep}")
-st.plotly_chart(fig, key="audit_chart", theme=None, config=ui.PLOT_CONFIG)
+st.plotly_chart(fig, key="audit_chart", theme=None, config=PLOT_CONFIG)
 worst = leak.loc[leak["domain_leak"].idxmax()]
 c1, c2 = st.columns(2)
 c1.metric("Largest domain leakage", f"{worst['domain_leak']:+.3f}", help=f"at {worst['block']}: domain NMI with the "
@@ -65,5 +69,5 @@ opts = dict(timesteps=[timestep], blocks=",".join(blocks), constant=None if cons
 spec = {"view": "prompt-audit", "extraction": config.to_dict(), **opts,
         "cli": command("prompt-audit", dataset=config.dataset, model=config.model,
                        max_per_domain=config.max_per_domain, seed=config.seed, **opts, out="prompt-audit")}
-ui.export_panel("prompt-audit", figs={"prompt audit": fig}, tables={"prompt audit": df, "leakage": leak}, spec=spec,
+export_panel("prompt-audit", figs={"prompt audit": fig}, tables={"prompt audit": df, "leakage": leak}, spec=spec,
                 key="audit-export")

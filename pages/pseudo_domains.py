@@ -7,7 +7,12 @@ import streamlit as st
 
 from core import figures
 from core.engine.extract import get_features
-from pages import _common as ui
+from pages._access import thumbnail
+from pages._controls import ensure_state, setting_controls
+from pages._exports import export_panel, npy_bytes, reproduce_spec
+from pages._output import PLOT_CONFIG
+from pages._progress import run_core
+from pages._sidebar import current_model, n_domains, settings
 
 
 @st.cache_data(show_spinner="k-means…", max_entries=32)
@@ -17,8 +22,8 @@ def pseudo(features: np.ndarray, n_clusters: int, domains: tuple[str, ...], clas
                                   domain_names=domain_names, class_names=class_names)
 
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Pseudo-domains")
 st.caption("GUIDE-style: k-means (k-means++) on the features of one block, without any domain label. Each "
@@ -26,14 +31,14 @@ st.caption("GUIDE-style: k-means (k-means++) on the features of one block, witho
            "domains, and how little with the classes?")
 
 c_block, c_time, c_prompt, c_k = st.columns([5, 4, 4, 2], gap="large")
-block, timestep, prompt, cond = ui.setting_controls(model, prefix="pd_", columns=(c_block, c_time, c_prompt))
-n_dom = ui.n_domains(s)
-ui.ensure_state("pd_k", lambda v: isinstance(v, int) and 2 <= v <= 100, n_dom)
+block, timestep, prompt, cond = setting_controls(model, prefix="pd_", columns=(c_block, c_time, c_prompt))
+n_dom = n_domains(s)
+ensure_state("pd_k", lambda v: isinstance(v, int) and 2 <= v <= 100, n_dom)
 k = int(c_k.number_input("Clusters K", min_value=2, max_value=100, step=1, key="pd_k",
                          help="Default: the number of domains. GUIDE used K = classes × {1, 3, 5}."))
 
 config = s.extraction(timestep, prompt, **cond)
-fs = ui.run_core(get_features, config, "all", model=model, device=s.device)
+fs = run_core(get_features, config, "all", model=model, device=s.device)
 if len(fs) < k:
     st.error(f"K = {k} clusters but only {len(fs)} images: lower K or raise the images per domain.")
     st.stop()
@@ -48,8 +53,8 @@ m3.metric("Images", f"{len(fs):,}")
 fig_dom = figures.confusion_heatmap(pdm.by_domain, title="Pseudo-domain × domain")
 fig_cls = figures.confusion_heatmap(pdm.by_class, title="Pseudo-domain × class", colorscale="Oranges")
 c1, c2 = st.columns(2)
-c1.plotly_chart(fig_dom, theme=None, config=ui.PLOT_CONFIG, key="pd_by_domain")
-c2.plotly_chart(fig_cls, theme=None, config=ui.PLOT_CONFIG, key="pd_by_class")
+c1.plotly_chart(fig_dom, theme=None, config=PLOT_CONFIG, key="pd_by_domain")
+c2.plotly_chart(fig_cls, theme=None, config=PLOT_CONFIG, key="pd_by_class")
 
 st.subheader("Exemplars (nearest to each centroid)")
 summary = pdm.summary()
@@ -57,13 +62,13 @@ for row in summary.itertuples(index=False):
     st.markdown(f"**cluster {row.cluster}** · {row.images} images · mostly *{row[2]}* ({row[3]:.0%}) · "
                 f"class *{row[4]}* ({row[5]:.0%})")
     ex = pdm.exemplars[row.cluster]
-    st.image([ui.thumbnail(fs.paths[i], 96) for i in ex], caption=[f"{fs.domains[i]} · {fs.classes[i]}" for i in ex],
+    st.image([thumbnail(fs.paths[i], 96) for i in ex], caption=[f"{fs.domains[i]} · {fs.classes[i]}" for i in ex],
              width=96)
 
 assignments = pdm.assignments(fs.ids, fs.paths, fs.domains, fs.classes)
 centroids = figures.centroid_frame(pdm.centroids)
-spec = ui.reproduce_spec(config, block, n_clusters=k, kmeans_random_state=s.seed)
-ui.export_panel("pseudo-domains", figs={"pseudo-domain x domain": fig_dom, "pseudo-domain x class": fig_cls},
+spec = reproduce_spec(config, block, n_clusters=k, kmeans_random_state=s.seed)
+export_panel("pseudo-domains", figs={"pseudo-domain x domain": fig_dom, "pseudo-domain x class": fig_cls},
                 tables={"assignments": assignments, "centroids": centroids, "clusters": summary},
-                files={"centroids.npy": (ui.npy_bytes(pdm.centroids), "application/octet-stream")},
+                files={"centroids.npy": (npy_bytes(pdm.centroids), "application/octet-stream")},
                 spec=spec, key="pd-export")

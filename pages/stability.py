@@ -8,11 +8,15 @@ import streamlit as st
 from core.analysis.stability import spread_sentence, stability
 from core.cli.views import command
 from core.figures.views import stability_figure
-from pages import _common as ui
+from pages._access import scanned_dataset
+from pages._controls import setting_controls
+from pages._exports import export_panel
+from pages._output import PLOT_CONFIG
+from pages._sidebar import current_model, settings
 from pages._memo import memo_run, request_key
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Stability")
 st.caption("How much of a score is chance? The domain NMI of one setting, recomputed while one random choice "
@@ -21,7 +25,7 @@ st.caption("How much of a score is chance? The domain NMI of one setting, recomp
            "protocol: one noise draw, one k-means run.")
 
 c_block, c_time, c_prompt = st.columns([5, 4, 4], gap="large")
-controls = ui.setting_controls(model, prefix="stab_", columns=(c_block, c_time, c_prompt))
+controls = setting_controls(model, prefix="stab_", columns=(c_block, c_time, c_prompt))
 block, timestep, prompt = controls[:3]
 cond = controls[3] if len(controls) > 3 else {}  # class label / noise mode where the backbone seam has them
 c1, c2, c3, c4 = st.columns(4)
@@ -34,10 +38,10 @@ config = s.extraction(timestep, prompt, **cond)
 params = dict(noise_seeds=noise_seeds, ensembles=ensembles, kmeans_seeds=kmeans_seeds, bootstraps=bootstraps)
 key = request_key("stability", s, config, block=block, **params)
 res = memo_run(key, stability, config, block, **params, model=model, device=s.device,
-               dataset=ui.scanned_dataset(config.dataset))
+               dataset=scanned_dataset(config.dataset))
 
 fig = stability_figure(res, title=f"Domain NMI of {block}" + (f" at t = {timestep}" if model.uses_timestep else ""))
-st.plotly_chart(fig, key="stab_chart", theme=None, config=ui.PLOT_CONFIG)
+st.plotly_chart(fig, key="stab_chart", theme=None, config=PLOT_CONFIG)
 widest = res.widest
 m1, m2, m3 = st.columns(3)
 m1.metric("Paper's single draw", f"{res.reference:.3f}",
@@ -58,5 +62,5 @@ spec = {"view": "stability", "extraction": config.to_dict(), **opts, "reference"
         "cli": command("stability", dataset=config.dataset, model=config.model, **extra,
                        max_per_domain=config.max_per_domain, seed=config.seed, token_pooling=config.token_pooling,
                        **opts, out="stability")}
-ui.export_panel("stability", figs={"stability": fig}, tables={"draws": res.draws, "summary": res.summary}, spec=spec,
+export_panel("stability", figs={"stability": fig}, tables={"draws": res.draws, "summary": res.summary}, spec=spec,
                 key="stab-export")

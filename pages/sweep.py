@@ -10,39 +10,43 @@ import streamlit as st
 from core import figures
 from core.engine.prompts import PromptSpec
 from core.analysis.sweep import best_setting, run_sweep
-from pages import _common as ui
+from pages._controls import ensure_state, pooling_control, PROMPT_LABELS, TEMPLATE
+from pages._exports import cli_command, export_panel, reproduce_spec
+from pages._output import PLOT_CONFIG
+from pages._progress import run_core
+from pages._sidebar import current_model, DEFAULT_TIMESTEP, n_domains, settings
 
 TIMESTEP_CHOICES = [0, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999]
 DEFAULT_TIMESTEPS = [10, 50, 200, 500]
 
-s = ui.settings()
-model = ui.current_model(s)
+s = settings()
+model = current_model(s)
 
 st.title("Sweep")
 st.caption("Where is the domain information? Domain and class NMI for every block and timestep, from the "
            "same cached features the other pages use.")
 
 c_blocks, c_times, c_prompts = st.columns([4, 4, 3], gap="large")
-ui.ensure_state("sweep_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
+ensure_state("sweep_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
 blocks = c_blocks.multiselect("Blocks", model.blocks, key="sweep_blocks")
-timesteps: list[int] = [ui.DEFAULT_TIMESTEP]
+timesteps: list[int] = [DEFAULT_TIMESTEP]
 if model.uses_timestep:
     hi = model.num_train_timesteps - 1
     choices = sorted({min(t, hi) for t in TIMESTEP_CHOICES})
-    ui.ensure_state("sweep_timesteps", lambda v: bool(v) and all(t in choices for t in v),
+    ensure_state("sweep_timesteps", lambda v: bool(v) and all(t in choices for t in v),
                [t for t in DEFAULT_TIMESTEPS if t in choices])
     timesteps = c_times.multiselect("Timesteps", choices, key="sweep_timesteps")
 else:
     c_times.markdown("**Timesteps:** n/a (not a diffusion model)")
 prompts = [PromptSpec()]
 if model.uses_prompt:
-    ui.ensure_state("sweep_prompts", lambda v: bool(v) and all(p in ui.PROMPT_LABELS for p in v), ["empty"])
-    modes = c_prompts.multiselect("Prompts", list(ui.PROMPT_LABELS), key="sweep_prompts",
-                                  format_func=ui.PROMPT_LABELS.get)
+    ensure_state("sweep_prompts", lambda v: bool(v) and all(p in PROMPT_LABELS for p in v), ["empty"])
+    modes = c_prompts.multiselect("Prompts", list(PROMPT_LABELS), key="sweep_prompts",
+                                  format_func=PROMPT_LABELS.get)
     prompts = []
     for m in modes:
         if m == "template":
-            prompts.append(PromptSpec("template", ui.TEMPLATE))
+            prompts.append(PromptSpec("template", TEMPLATE))
         elif m == "custom":
             prompts.append(PromptSpec("custom", c_prompts.text_input("Custom prompt", "a painting",
                                                                       key="sweep_prompt_text")))
@@ -51,9 +55,9 @@ if model.uses_prompt:
 else:
     c_prompts.markdown("**Prompt:** n/a (not text-conditioned)")
 
-pooling = ui.pooling_control(model, c_blocks, "sweep_")
+pooling = pooling_control(model, c_blocks, "sweep_")
 n_settings = len(timesteps) * len(prompts)
-n_images = s.max_per_domain * ui.n_domains(s)
+n_images = s.max_per_domain * n_domains(s)
 request = {"settings": s, "blocks": tuple(blocks), "timesteps": tuple(timesteps),
            "prompts": tuple((p.mode, p.text) for p in prompts), "token_pooling": pooling}
 c_run, c_info = st.columns([1, 4], vertical_alignment="center")
@@ -72,8 +76,8 @@ if last != request:
 
 base = last["settings"].extraction(last["timesteps"][0], PromptSpec(*last["prompts"][0]),
                                   token_pooling=last.get("token_pooling"))
-run_model = ui.current_model(last["settings"])
-df = ui.run_core(run_sweep, base, list(last["blocks"]), list(last["timesteps"]),
+run_model = current_model(last["settings"])
+df = run_core(run_sweep, base, list(last["blocks"]), list(last["timesteps"]),
                  [PromptSpec(*p) for p in last["prompts"]], model=run_model, device=s.device,
                  label="Sweeping")
 
@@ -95,27 +99,27 @@ fig_dom = figures.heatmap(sub, "domain_nmi", block_order=order, best=best_here, 
 fig_cls = figures.heatmap(sub, "class_nmi", block_order=order, title="Class NMI (lower: purer domain signal)",
                           colorscale="Magma")
 c1, c2 = st.columns(2)
-c1.plotly_chart(fig_dom, theme=None, config=ui.PLOT_CONFIG, key="sweep_heat_domain")
-c2.plotly_chart(fig_cls, theme=None, config=ui.PLOT_CONFIG, key="sweep_heat_class")
+c1.plotly_chart(fig_dom, theme=None, config=PLOT_CONFIG, key="sweep_heat_domain")
+c2.plotly_chart(fig_cls, theme=None, config=PLOT_CONFIG, key="sweep_heat_class")
 figs = {"domain NMI heatmap": fig_dom, "class NMI heatmap": fig_cls}
 if run_model.uses_timestep and sub["timestep"].nunique() > 1:
     fig_curves = figures.nmi_curves(sub, "domain_nmi", block_order=order, best=best_here,
                                     title="Domain NMI against timestep, per block")
     fig_ccurves = figures.nmi_curves(sub, "class_nmi", block_order=order, title="Class NMI against timestep, per block")
     c3, c4 = st.columns(2)
-    c3.plotly_chart(fig_curves, theme=None, config=ui.PLOT_CONFIG, key="sweep_curves_domain")
-    c4.plotly_chart(fig_ccurves, theme=None, config=ui.PLOT_CONFIG, key="sweep_curves_class")
+    c3.plotly_chart(fig_curves, theme=None, config=PLOT_CONFIG, key="sweep_curves_domain")
+    c4.plotly_chart(fig_ccurves, theme=None, config=PLOT_CONFIG, key="sweep_curves_class")
     figs.update({"domain NMI curves": fig_curves, "class NMI curves": fig_ccurves})
 
 st.dataframe(df, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in df.columns
                             if c.startswith(("domain_", "class_"))})
-cli = "\n".join(ui.cli_command(replace(base, prompt=PromptSpec(*p)), list(last["blocks"]), list(last["timesteps"]))
+cli = "\n".join(cli_command(replace(base, prompt=PromptSpec(*p)), list(last["blocks"]), list(last["timesteps"]))
                 for p in last["prompts"])
-spec = ui.reproduce_spec(base, list(last["blocks"]), timesteps=list(last["timesteps"]),
+spec = reproduce_spec(base, list(last["blocks"]), timesteps=list(last["timesteps"]),
                          prompts=[{"mode": m, "text": t} for m, t in last["prompts"]])
 spec["cli"] = cli
-ui.export_panel("sweep", figs=figs, tables={"sweep": df}, spec=spec, key="sweep-export")
+export_panel("sweep", figs=figs, tables={"sweep": df}, spec=spec, key="sweep-export")
 
 from pages._report import report_button  # noqa: E402
 

@@ -717,7 +717,7 @@ def test_app_sidebar_links_and_bad_typed_paths_show_messages(tmp_path, monkeypat
     at.run()
     assert not at.exception
     links = [e.proto.label for e in at.sidebar.get("page_link")]
-    # exactly the pages app.py declares (in order), and nothing else such as pages/_common.py
+    # exactly the pages app.py declares (in order), and nothing else such as pages/_env.py
     declared = re.findall(r'st\.Page\("pages/[a-z_]+\.py", title="([^"]+)"', (REPO / "app.py").read_text())
     assert links == declared and links[:4] == ["Explore", "Sweep", "Compare", "Pseudo-domains"]
     for typed, fragment in (("a\x00b", "NUL byte"), ("y" * 5000, "5,000 characters")):

@@ -233,3 +233,18 @@ def test_tsne_theta_is_passed_to_opentsne_and_keys_the_cache(monkeypatch):
     assert "theta" not in ReductionConfig(method="umap").params()
     with pytest.raises(ValueError, match="theta"):
         ReductionConfig(method="tsne", theta=1.5)
+
+
+def test_umap_starts_from_pca_above_the_spectral_limit(monkeypatch):
+    """Spectral initialisation up to UMAP_SPECTRAL_MAX points, PCA above (spectral is slow on large,
+    disconnected k-NN graphs); the rule is part of the layout's cache key."""
+    from core.analysis import reduce as R
+
+    umap = R.import_umap()
+    real, seen = umap.UMAP, []
+    monkeypatch.setattr(umap, "UMAP", lambda *a, **k: seen.append(k["init"]) or real(*a, **k))
+    monkeypatch.setattr(R, "UMAP_SPECTRAL_MAX", 40)
+    X = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
+    cfg = R.ReductionConfig("umap", n_neighbors=5)
+    assert np.isfinite(R.reduce(X[:30], cfg)).all() and np.isfinite(R.reduce(X, cfg)).all()
+    assert seen == ["spectral", "pca"] and "init" in cfg.params()

@@ -77,16 +77,23 @@ def test_stable_diffusion_pipeline_loads_it_offline():
     assert img.shape == (1, 64, 64, 3) and torch.isfinite(torch.from_numpy(img)).all()
 
 
+@pytest.fixture(scope="module")
+def heldout_latents(shipped, heldout):
+    """The held-out images' VAE latents (scaled), encoded once for the four denoising-loss cases."""
+    vae = shipped.vae
+    with torch.no_grad():
+        return torch.cat([vae.encode(heldout.batch(torch.arange(i, min(i + 128, len(heldout))))).latent_dist.mode()
+                          for i in range(0, len(heldout), 128)]) * vae.config.scaling_factor
+
+
 @pytest.mark.parametrize("t", [100, 500])
 @pytest.mark.parametrize("empty_prompt", [False, True], ids=["caption", "empty"])
-def test_denoising_loss_beats_fresh_init(shipped, heldout, t, empty_prompt):
+def test_denoising_loss_beats_fresh_init(shipped, heldout, heldout_latents, t, empty_prompt):
     """Held-out epsilon-MSE of the shipped UNet <= 0.7x that of the same architecture freshly initialised."""
     from diffusers import UNet2DConditionModel
 
-    vae, unet, te, tok = shipped.vae, shipped.unet, shipped.text_encoder, shipped.tokenizer
-    with torch.no_grad():
-        lat = torch.cat([vae.encode(heldout.batch(torch.arange(i, min(i + 128, len(heldout))))).latent_dist.mode()
-                         for i in range(0, len(heldout), 128)]) * vae.config.scaling_factor
+    unet, te, tok = shipped.unet, shipped.text_encoder, shipped.tokenizer
+    lat = heldout_latents
     torch.manual_seed(0)
     fresh = UNet2DConditionModel.from_config(unet.config).eval()
     trained = denoising_loss(unet, te, tok, lat, heldout, shipped.scheduler, t, empty_prompt)

@@ -156,7 +156,7 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
 
     from core.analysis.explore import explore_view
     from core.analysis.metrics import nmi
-    from core.analysis.reduce import LAYOUT_SAMPLE, ReductionConfig, layout_at_scale
+    from core.analysis.reduce import LAYOUT_SAMPLE, ReductionConfig
     from core.engine.chunks import READ_THREADS
     from core.engine.extract import ExtractionConfig, get_features
 

@@ -68,7 +68,7 @@ def bench_cka(ctx, n: int | None = None, timesteps: int = 10, sd: bool | None = 
     """CKA between every pair of (block, timestep) at ``n`` images: domainlens-tiny's 7 blocks (exact) and
     an SD-2.1-sized 9-block model (each layer projected on 64 leading components, as the app does for large
     grids), with the projection's error against exact CKA on a few pairs."""
-    from core.analysis.cka import auto_max_dim, cka_matrix, linear_cka
+    from core.analysis.cka import auto_max_dim, cka_matrix
 
     n = n or (2000 if ctx.quick else 5000)
     reps = reps or (1 if ctx.quick else 3)

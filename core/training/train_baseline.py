@@ -33,7 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from core.backbones.baselines import DEFAULT_CHANNELS, BaselineCNN, cnn_features, load_baseline_cnn  # noqa: E402,F401
-from core.training.train_default import HELDOUT_SETS, TRAIN_SETS, ImageSet, deterministic, load_images  # noqa: E402
+from core.training.data import HELDOUT_SETS, TRAIN_SETS, ImageSet, load_images  # noqa: E402
+from core.training.loop import deterministic  # noqa: E402
 
 def joint_labels(data: ImageSet) -> tuple[list[str], torch.Tensor]:
     """Namespaced class names (sorted; all classes of the source datasets, even if a subsample lacks some)

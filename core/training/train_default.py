@@ -28,16 +28,13 @@ deterministic algorithms, fixed thread count; a different thread count may chang
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import platform
 import random
-import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,11 +46,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F
 
-TRAIN_SETS = ("synthetic-pacs:train", "rotated-digits:train")
-HELDOUT_SETS = ("synthetic-pacs:heldout", "rotated-digits:heldout")
-IMAGE_SIZE = 64
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-WORD_SUFFIX = "</w>"
+from core.training.captions import (  # noqa: E402,F401
+    CLASS_TEMPLATE, DIGIT_TEMPLATES, PACS_TEMPLATES, canonical_caption, sample_caption,
+)
+from core.training.data import HELDOUT_SETS, IMAGE_SIZE, TRAIN_SETS, ImageSet, load_images  # noqa: E402,F401
+from core.training.loop import _lr_lambda, _Order, _say, deterministic, n_params  # noqa: E402,F401
+from core.training.tokenizer import build_tokenizer  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -103,197 +101,6 @@ class TrainConfig:
     eval_max_images: int | None = None  # None = all held-out images
     eval_denoise_stride: int = 2  # denoising losses on every 2nd held-out image (8 UNet passes each)
     log_every: int = 100
-
-
-# ------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class ImageSet:
-    """Images as uint8 (N, 3, 64, 64) plus per-image metadata."""
-
-    images: torch.Tensor
-    dataset: list[str]
-    domain: list[str]
-    cls: list[str]
-    sources: dict[str, dict] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """Float batch in [-1, 1]."""
-        return self.images[idx].float().div(127.5).sub(1.0)
-
-
-def load_images(names: Sequence[str] = TRAIN_SETS, data_dir: str | os.PathLike | None = None,
-                max_per_dataset: int | None = None, seed: int = 0) -> ImageSet:
-    """Decode the images of the given datasets (built-in names) into memory, in a fixed order.
-
-    ``max_per_dataset`` takes a stratified, seeded subsample (for tests)."""
-    from core.data.datasets import load_dataset, load_rgb
-
-    arrays, dataset, domain, cls, sources = [], [], [], [], {}
-    for name in names:
-        ds = load_dataset(name, data_dir)
-        recs = ds.records
-        if max_per_dataset is not None:
-            per_domain = max(1, math.ceil(max_per_dataset / len(ds.domains)))
-            recs = ds.subsample(max_per_domain=per_domain, seed=seed)[:max_per_dataset]
-        base = name.split(":")[0]
-        for r in recs:
-            im = load_rgb(r.path)
-            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-                im = im.resize((IMAGE_SIZE, IMAGE_SIZE))
-            arrays.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
-            dataset.append(base)
-            domain.append(r.domain)
-            cls.append(r.cls)
-        sources[name] = {"images": len(recs), "fingerprint": ds.fingerprint, "domains": ds.domains,
-                         "classes": ds.classes}
-    images = torch.from_numpy(np.stack(arrays)).contiguous()
-    return ImageSet(images, dataset, domain, cls, sources)
-
-
-# ---------------------------------------------------------------------------------------- captions
-
-PACS_CLASSES = ("circle", "cross", "house", "square", "star", "triangle")
-PACS_STYLES = ("cartoon", "painting", "photo", "sketch")
-DIGIT_CLASSES = tuple(str(i) for i in range(10))
-ROTATIONS = (0, 15, 30, 45, 60, 75)
-
-# Descriptive templates per dataset; the class template "a photo of a {cls}" (the app's wording) and the
-# empty prompt are mixed in separately by :func:`sample_caption`.
-PACS_TEMPLATES = (
-    "a {style} of a {cls}",
-    "a {style} of a {cls}",
-    "a {cls} in {style} style",
-    "a {style}",
-    "a {cls}",
-)
-DIGIT_TEMPLATES = (
-    "a photo of the digit {cls} rotated {angle} degrees",
-    "a photo of the digit {cls} rotated {angle} degrees",
-    "the digit {cls} rotated {angle} degrees",
-    "a digit rotated {angle} degrees",
-    "the digit {cls}",
-)
-CLASS_TEMPLATE = "a photo of a {cls}"
-
-
-def _angle(domain: str) -> int:
-    m = re.fullmatch(r"rot(\d+)", domain)
-    return int(m.group(1)) if m else 0
-
-
-def describe(dataset: str, domain: str, cls: str, template: str) -> str:
-    return template.format(style=domain, cls=cls, angle=_angle(domain))
-
-
-def canonical_caption(dataset: str, domain: str, cls: str) -> str:
-    """The single descriptive caption used for evaluation."""
-    t = DIGIT_TEMPLATES[0] if dataset == "rotated-digits" else PACS_TEMPLATES[0]
-    return describe(dataset, domain, cls, t)
-
-
-def sample_caption(dataset: str, domain: str, cls: str, rng: random.Random, cfg: TrainConfig) -> str:
-    u = rng.random()
-    if u < cfg.p_empty_caption:
-        return ""
-    if u < cfg.p_empty_caption + cfg.p_class_template:
-        return CLASS_TEMPLATE.format(cls=cls)
-    templates = DIGIT_TEMPLATES if dataset == "rotated-digits" else PACS_TEMPLATES
-    return describe(dataset, domain, cls, templates[rng.randrange(len(templates))])
-
-
-def all_caption_words() -> list[str]:
-    """Every word any training caption can contain (CLIP pre-tokenisation: letters runs, single digits)."""
-    texts = []
-    for cls in PACS_CLASSES:
-        texts.append(CLASS_TEMPLATE.format(cls=cls))
-        for style in PACS_STYLES:
-            texts += [describe("synthetic-pacs", style, cls, t) for t in PACS_TEMPLATES]
-    for cls in DIGIT_CLASSES:
-        texts.append(CLASS_TEMPLATE.format(cls=cls))
-        for a in ROTATIONS:
-            texts += [describe("rotated-digits", f"rot{a:02d}", cls, t) for t in DIGIT_TEMPLATES]
-    words = set()
-    for t in texts:
-        words.update(re.findall(r"[a-z]+|[0-9]", t.lower()))
-    return sorted(words)
-
-
-# --------------------------------------------------------------------------------------- tokenizer
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode map (the base alphabet of a CLIP BPE vocab)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
-def learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
-    """A tiny deterministic BPE trainer: merge the most frequent pair (ties: lexicographic) until every
-    word is one symbol. Encoding a training word with these merges gives back the whole word."""
-    segs = {w: tuple(w[:-1]) + (w[-1] + WORD_SUFFIX,) for w in words}
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts: dict[tuple[str, str], int] = {}
-        for s in segs.values():
-            for p in zip(s, s[1:]):
-                counts[p] = counts.get(p, 0) + 1
-        if not counts:
-            return merges
-        best = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(best)
-        for w, s in segs.items():
-            out, i = [], 0
-            while i < len(s):
-                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
-                    out.append(s[i] + s[i + 1])
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            segs[w] = tuple(out)
-
-
-def build_tokenizer(folder: str | os.PathLike, max_length: int = 32, words: Sequence[str] | None = None):
-    """A word-level CLIPTokenizer: every caption word is one token; any other text falls back to the
-    256 byte characters. Writes vocab.json + merges.txt into ``folder`` and loads them with
-    ``CLIPTokenizer.from_pretrained`` (the ``vocab_file=`` constructor silently ignores files)."""
-    from transformers import CLIPTokenizer
-
-    words = list(words if words is not None else all_caption_words())
-    base = list(_bytes_to_unicode().values())
-    vocab_list = base + [c + WORD_SUFFIX for c in base]
-    merges = learn_merges(words)
-    for a, b in merges:
-        tok = a + b
-        if tok not in vocab_list:
-            vocab_list.append(tok)
-    vocab_list += [BOS, EOS]
-    vocab = {t: i for i, t in enumerate(vocab_list)}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    tok = CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)
-    # Sanity: whole words are single tokens (a silently broken tokenizer would map everything to one id).
-    for w in words:
-        ids = tok(w, add_special_tokens=False)["input_ids"]
-        if ids != [vocab[w + WORD_SUFFIX]]:
-            raise RuntimeError(f"tokenizer splits {w!r} into {ids}")
-    return tok
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -363,54 +170,7 @@ def build_components(cfg: TrainConfig):
     return tokenizer, vae, text_encoder, unet, noise_scheduler, ddim
 
 
-def n_params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
 # ---------------------------------------------------------------------------------------- training
-
-
-@contextlib.contextmanager
-def deterministic():
-    """Deterministic algorithms for the duration (restores the previous setting)."""
-    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
-
-
-def _lr_lambda(steps: int, warmup: int, floor: float = 0.05) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        p = (step - warmup) / max(1, steps - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-    return f
-
-
-class _Order:
-    """Deterministic epoch-wise shuffling driven by a torch.Generator."""
-
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.g, self.perm, self.pos = n, generator, None, n
-
-    def next(self, b: int) -> torch.Tensor:
-        out = []
-        while b > 0:
-            if self.pos >= self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
-            take = min(b, self.n - self.pos)
-            out.append(self.perm[self.pos:self.pos + take])
-            self.pos += take
-            b -= take
-        return torch.cat(out)
-
-
-def _say(log, msg):
-    if log:
-        log(msg)
 
 
 def train_vae(vae, data: ImageSet, cfg: TrainConfig, steps: int | None = None, log: Callable | None = print

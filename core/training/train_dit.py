@@ -42,10 +42,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from core.training.train_default import (  # noqa: E402
-    HELDOUT_SETS, TRAIN_SETS, ImageSet, _lr_lambda, _Order, _say, deterministic, encode_latents, load_images,
-    n_params,
-)
+from core.training.data import HELDOUT_SETS, TRAIN_SETS, ImageSet, load_images  # noqa: E402
+from core.training.loop import _lr_lambda, _Order, _say, deterministic, n_params  # noqa: E402
+from core.training.train_default import encode_latents  # noqa: E402
 from core.training.train_baseline import joint_labels  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     dev = torch.device(args.device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    from bench.suite import matmul_flops
+    from bench.extraction import matmul_flops
 
     peak = matmul_flops(dev, getattr(torch, dtype), 512 if args.tiny else 8192)
     info = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -43,7 +43,7 @@ def align_frames(embeddings: Sequence[np.ndarray]) -> tuple[list[np.ndarray], li
 
     Returns the aligned layouts and each frame's disparity to the previous one (0.0 for frame 0).
     """
-    from core.figures import procrustes_align
+    from core.analysis.align import procrustes_align
 
     if not embeddings:
         raise ValueError("no frames to align")

@@ -31,10 +31,10 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from core.engine.hashing import stable_hash  # noqa: F401 - the cache key function, kept importable here
 from core.engine.store import CacheError, FILE_MODE, atomic_write_bytes, ensure_folder
 
 logger = logging.getLogger(__name__)
@@ -46,11 +46,6 @@ def default_cache_dir() -> Path:
     """``$DOMAINLENS_CACHE_DIR``, else ``~/.cache/domainlens``."""
     env = os.environ.get("DOMAINLENS_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "domainlens"
-
-
-def stable_hash(obj: Any, n: int = 24) -> str:
-    """SHA-256 of a canonical JSON rendering."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:

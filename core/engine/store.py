@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.engine.hashing import stable_hash
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "domainlens-chunk-2"
@@ -85,8 +87,6 @@ def layer_dirname(layer: str) -> str:
 
 
 def ids_digest(ids) -> str:
-    from core.engine.cache import stable_hash
-
     return stable_hash([str(i) for i in ids], 32)
 
 

@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     d.add_argument("--max-size", default=None,
                    help="largest download accepted, e.g. 50GB (default: 32 GB per file, 100 GB per model)")
     d.add_argument("--force", action="store_true", help="download again and replace an installed dataset")
+    d.add_argument("--retries", type=int, default=3,
+                   help="datasets: resume an interrupted transfer this many times within the run (default 3)")
     d.add_argument("--no-progress", action="store_true")
 
 
@@ -103,7 +105,7 @@ def cmd_download(args) -> int:
     try:
         if dl.catalogue_entry(target) is not None and not args.dataset:
             res = dl.download_dataset(target, data_dir=args.dir, endpoint=args.endpoint, archive=args.archive,
-                                      progress=update, force=args.force, max_bytes=max_size)
+                                      progress=update, force=args.force, max_bytes=max_size, retries=args.retries)
         elif args.archive:
             res = dl.install_archive(args.archive, args.name or target, data_dir=args.dir, sha256=args.sha256,
                                      force=args.force)
@@ -111,13 +113,13 @@ def cmd_download(args) -> int:
             if not args.name:
                 raise dl.DownloadError("an archive URL needs --name NAME (the dataset's folder name)")
             res = dl.download_archive(target, args.name, data_dir=args.dir, sha256=args.sha256, progress=update,
-                                      force=args.force, max_bytes=max_size or dl.MAX_FILE_BYTES)
+                                      force=args.force, max_bytes=max_size or dl.MAX_FILE_BYTES, retries=args.retries)
         elif args.dataset:
             res = dl.download_hub_dataset(target, args.name, data_dir=args.dir, endpoint=args.endpoint,
                                           revision=args.revision, image_column=args.image_column,
                                           domain_column=args.domain_column, label_column=args.label_column,
                                           split=args.split, progress=update, force=args.force,
-                                          max_bytes=max_size or dl.MAX_EXTRACT_BYTES)
+                                          max_bytes=max_size or dl.MAX_EXTRACT_BYTES, retries=args.retries)
         elif dl.HUB_ID.fullmatch(target):
             return _model(dl, target, args, update, max_size)
         else:

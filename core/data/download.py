@@ -468,7 +468,7 @@ def _extract_zip(archive: Path, dest: Path, max_members: int, max_bytes: int) ->
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise _refuse(archive, info.filename, "a symbolic link")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded (plain file)
                 raise _refuse(archive, info.filename, "a special file type")
             total += info.file_size
         if total > max_bytes:
@@ -879,7 +879,11 @@ def download_hub_dataset(repo: str, name: str | None = None, *, data_dir: str | 
             if progress:
                 progress(_before + done, total)
 
-        digest = fetch(url, path, sha256=expected, max_bytes=max_bytes, progress=step, retries=retries)
+        try:
+            digest = fetch(url, path, sha256=expected, max_bytes=max_bytes, progress=step, retries=retries)
+        except DownloadError:
+            _rmdir_if_empty(store)  # a .part kept for resuming keeps the folder
+            raise
         got.append((f, path, digest))
         done_before += f.size or path.stat().st_size
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=home))
@@ -900,6 +904,13 @@ def download_hub_dataset(repo: str, name: str | None = None, *, data_dir: str | 
     notes = [f"{n:,} images written" + (f"; {len(skipped)} row(s) skipped: {'; '.join(skipped[:3])}" if skipped
                                          else "")]
     return Installed(name, root, notes=notes)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _check_space(folder: Path, need: float, what: str) -> None:

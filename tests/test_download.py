@@ -271,7 +271,7 @@ def test_loader_error_names_the_download_command(monkeypatch):
 # ----------------------------------------------------------------------------------------------- datasets
 
 
-def test_hub_parquet_dataset_into_domainbed_layout(hub, tmp_path, online):
+def test_hub_parquet_dataset_into_domainbed_layout(hub, tmp_path, online, capsys):
     """PACS by its catalogue name, from the (fake) Hub's flwrlabs/pacs parquet: DomainBed layout, found by name."""
     with pytest.raises(Exception, match=r"not downloaded yet.*python -m core download PACS"):
         load_dataset("PACS")
@@ -283,6 +283,9 @@ def test_hub_parquet_dataset_into_domainbed_layout(hub, tmp_path, online):
     assert ds.domains == list(DOMAINS) and ds.classes == list(CLASSES) and len(ds) == 8
     assert ds.counts() == {d: {c: 2 for c in CLASSES} for d in DOMAINS}
     assert ("PACS", res.root) in dl.installed_datasets()
+    from core.cli import main
+
+    assert main(["datasets"]) == 0 and f"PACS             downloaded: {res.root}" in capsys.readouterr().out
     lock = dl.read_lock(dl.data_home())
     parquet = hub.repos[("dataset", "flwrlabs/pacs")]["data/train-00000-of-00001.parquet"]
     assert [v["sha256"] for k, v in lock.items() if "flwrlabs/pacs" in k] == [hashlib.sha256(parquet).hexdigest()]
@@ -409,3 +412,35 @@ def test_manual_sources_say_what_to_run(online):
         dl.download_dataset("VLCS")
     assert dl.catalogue_entry("officehome").name == "OfficeHome" and dl.catalogue_entry("nope") is None
     assert "cannot be fetched automatically" in dl.unavailable_reason("TerraIncognita")
+
+
+def test_app_download_panel(hub, online, monkeypatch):
+    """The sidebar's Download panel: off with the reason when offline; online (fake Hub), the button installs
+    PACS with the same core call and says where to pick it."""
+    from streamlit.testing.v1 import AppTest
+
+    from pages import _download
+
+    def script():
+        import streamlit as st
+
+        from pages._download import download_panel
+
+        download_panel(st.sidebar)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _download._unavailable.clear()
+    at = AppTest.from_function(script).run()
+    assert at.button(key="dl_go").disabled
+    assert any("offline mode is on (HF_HUB_OFFLINE=1)" in c.value for c in at.sidebar.caption)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    _download._unavailable.clear()
+    at = AppTest.from_function(script).run()
+    assert at.selectbox(key="dl_dataset").value == "PACS" and not at.button(key="dl_go").disabled
+    at.button(key="dl_go").click().run(timeout=30)
+    assert not at.exception and not at.error
+    assert "PACS is installed at" in at.success[0].value
+    assert len(load_dataset("PACS")) == 8
+    _download._unavailable.clear()

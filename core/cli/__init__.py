@@ -478,9 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "datasets":
             for name, desc in BUILTINS.items():
                 print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
-            from core.cli.download import print_catalogue
+            from core.data.download import installed_datasets  # installed by `python -m core download NAME`
 
-            print_catalogue()
+            for name, root in installed_datasets():
+                print(f"{name:16s} downloaded: {root}  (python -m core download --list shows what can be fetched)")
             return 0
         from core.cli.download import cmd_download
         from core.cli.views import COMMANDS as VIEW_COMMANDS  # the research views (views.NAMES)

@@ -51,6 +51,7 @@ import socket
 import stat
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -231,16 +232,25 @@ def hub_endpoint(endpoint: str | None = None) -> str:
 
 
 def reachable(url: str, timeout: float = 1.5) -> bool:
-    """Whether a TCP connection to ``url``'s host and port opens within ``timeout`` seconds."""
+    """Whether a TCP connection to ``url``'s host and port opens within ``timeout`` seconds (name lookup
+    included: the probe runs in a daemon thread, so a slow resolver cannot hold the caller longer)."""
     u = urllib.parse.urlparse(url)
     if not u.hostname:
         return False
     port = u.port or (443 if u.scheme == "https" else 80)
-    try:
-        with socket.create_connection((u.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((u.hostname, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, name="domainlens-reachable", daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
 
 
 def unavailable_reason(what: str, endpoint: str | None = None, timeout: float = 1.5) -> str | None:

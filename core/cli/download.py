@@ -105,7 +105,8 @@ def cmd_download(args) -> int:
     try:
         if dl.catalogue_entry(target) is not None and not args.dataset:
             res = dl.download_dataset(target, data_dir=args.dir, endpoint=args.endpoint, archive=args.archive,
-                                      progress=update, force=args.force, max_bytes=max_size, retries=args.retries)
+                                      progress=update, force=args.force, max_bytes=max_size, retries=args.retries,
+                                      sha256=args.sha256)
         elif args.archive:
             res = dl.install_archive(args.archive, args.name or target, data_dir=args.dir, sha256=args.sha256,
                                      force=args.force)

@@ -57,9 +57,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _gb(n: int | float) -> str:
+def _gb(n: float) -> str:
     return f"{n / GB:.2f} GB" if n >= GB / 10 else f"{n / (1 << 20):.1f} MB"
 
 
@@ -458,11 +458,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, max_mem
     if zipfile.is_zipfile(archive):
         return _extract_zip(archive, dest, max_members, max_bytes)
     try:
-        tf = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DownloadError(f"{archive.name} is neither a zip nor a tar archive ({e}); check the file") from None
-    with tf:
-        return _extract_tar(tf, archive, dest, max_members, max_bytes)
+        with tarfile.open(archive, "r:*") as tf:
+            return _extract_tar(tf, archive, dest, max_members, max_bytes)
+    except tarfile.TarError as e:
+        raise DownloadError(f"{archive.name} is neither a zip nor a readable tar archive ({e}); check the file") from None
 
 
 def _extract_zip(archive: Path, dest: Path, max_members: int, max_bytes: int) -> tuple[int, int]:
@@ -939,15 +938,19 @@ def _check_space(folder: Path, need: float, what: str) -> None:
 def download_dataset(name: str, *, data_dir: str | os.PathLike | None = None, endpoint: str | None = None,
                      archive: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                      progress: Progress | None = None, force: bool = False, max_bytes: int | None = None,
-                     retries: int = 3) -> Installed:
+                     retries: int = 3, sha256: str | None = None) -> Installed:
     """Install a catalogue dataset (:data:`CATALOGUE`) by name, from its sources or from ``archive`` (files
-    fetched by hand)."""
+    fetched by hand; ``sha256``: the SHA-256 one archive must have)."""
     entry = catalogue_entry(name)
     if entry is None:
         raise DownloadError(f"Unknown dataset {name!r}; known: {', '.join(CATALOGUE)} (or a Hub dataset id with "
                             "--dataset, or an archive URL with --name)")
     if archive is not None:
-        return install_archive(archive, entry.name, data_dir=data_dir, force=force, expect_domains=entry.domains)
+        return install_archive(archive, entry.name, data_dir=data_dir, force=force, expect_domains=entry.domains,
+                               sha256=sha256)
+    if sha256:
+        raise DownloadError(f"--sha256 checks one archive: use it with --archive FILE (the {entry.name} sources are "
+                            "checked as the catalogue says: `python -m core download --list`)")
     if entry.kind == "manual":
         urls = " ".join(s.url for s in entry.sources)
         raise DownloadError(f"{entry.name} cannot be downloaded automatically: {entry.manual}. Source: {urls}. Then "
@@ -995,7 +998,7 @@ def select_model_files(paths: Iterable[str]) -> list[str]:
     for p in paths:
         by_dir.setdefault(str(PurePosixPath(p).parent), []).append(p)
     out = []
-    for d, ps in by_dir.items():
+    for ps in by_dir.values():
         plain_weights = any(p.endswith(".safetensors") and _variant_of(PurePosixPath(p).name) is None for p in ps)
         out.extend(p for p in ps if not (plain_weights and _variant_of(PurePosixPath(p).name)))
     return sorted(out)

@@ -15,9 +15,10 @@ MODEL = "Model (Hub id)"
 DATASET = "Dataset"
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@st.cache_data(ttl=300, show_spinner=False)
 def _unavailable(target: str) -> str | None:
-    return dl.unavailable_reason(target)
+    """Why the button is off (offline switch, manual source, host unreachable: a probe of at most 1 s, cached)."""
+    return dl.unavailable_reason(target, timeout=1.0)
 
 
 def downloaded_datasets() -> list[str]:

@@ -375,6 +375,8 @@ def _fetch_once(url: str, part: Path, max_bytes: int, progress: Progress | None,
         if total is not None and total > max_bytes:
             raise DownloadError(f"{url} is {_gb(total)}, over the limit of {_gb(max_bytes)}; pass a larger "
                                 "--max-size if this is expected")
+        if total is not None:
+            _check_space(part.parent, total - have, url)
         done = have
         if progress:
             progress(done, total)
@@ -664,10 +666,13 @@ def download_archive(urls: str | Sequence[str] | Sequence[Source], name: str, *,
         if not src.sha256 and src.url not in lock:
             notes.append(f"{src.name}: no published checksum; recorded SHA-256 {digest} in {home / LOCK_NAME}")
         _record_lock(home, src.url, digest, path.stat().st_size, name)
-    installed = _install_archives([p for _, p, _ in files], name, home, final, max_extract_bytes, max_members,
-                                  {"sources": [{"url": s.url, "sha256": d} for s, _, d in files]}, expect_domains)
-    for _, p, _ in files:
-        p.unlink(missing_ok=True)
+    try:
+        installed = _install_archives([p for _, p, _ in files], name, home, final, max_extract_bytes, max_members,
+                                      {"sources": [{"url": s.url, "sha256": d} for s, _, d in files]}, expect_domains)
+    finally:  # installed or refused: the archives go (their SHA-256 stays in the lock file)
+        for _, p, _ in files:
+            p.unlink(missing_ok=True)
+        _rmdir_if_empty(store)
     return Installed(name, installed, notes=notes)
 
 

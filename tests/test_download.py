@@ -443,3 +443,26 @@ def test_app_download_panel(hub, online, monkeypatch):
     assert "PACS is installed at" in at.success[0].value
     assert len(load_dataset("PACS")) == 8
     _download._unavailable.clear()
+
+
+def test_model_file_selection_rules():
+    sd = ["model_index.json", "v2-1_512-ema-pruned.safetensors", "v2-1_512-ema-pruned.ckpt", "README.md",
+          "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+          "unet/diffusion_pytorch_model.bin", "safety_checker/model.safetensors", "tokenizer/merges.txt",
+          "tokenizer/vocab.json", "text_encoder/model.fp16-00001-of-00002.safetensors",
+          "text_encoder/model.fp16-00002-of-00002.safetensors", "text_encoder/model.safetensors.index.fp16.json",
+          "text_encoder_3/spiece.model", "feature_extractor/preprocessor_config.json"]
+    assert dl.select_model_files(sd) == [
+        "feature_extractor/preprocessor_config.json", "model_index.json",
+        "text_encoder/model.fp16-00001-of-00002.safetensors", "text_encoder/model.fp16-00002-of-00002.safetensors",
+        "text_encoder/model.safetensors.index.fp16.json",  # only a variant exists there: kept
+        "text_encoder_3/spiece.model", "tokenizer/merges.txt", "tokenizer/vocab.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors"]
+    flat = ["model_index.json", "config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+            "scheduler_config.json"]  # google/ddpm-cifar10-32
+    assert dl.select_model_files(flat) == ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json",
+                                           "scheduler_config.json"]
+    clip = ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack",
+            "merges.txt", "vocab.json", "preprocessor_config.json"]
+    assert dl.select_model_files(clip) == ["config.json", "merges.txt", "model.safetensors",
+                                           "preprocessor_config.json", "vocab.json"]

@@ -985,17 +985,19 @@ def _variant_of(name: str) -> str | None:
 def select_model_files(paths: Iterable[str]) -> list[str]:
     """The files of a model repository DomainLens loads (see the module docstring): safetensors weights,
     JSON configs, tokenizer text/model files; no pickles; in a diffusers pipeline only the components named in
-    ``model_index.json`` (no safety checker, no root-level single-file checkpoints); precision variants only
-    where a folder has no plain weights."""
+    ``model_index.json`` (no safety checker, no root-level single-file checkpoints unless the root holds a
+    ``config.json`` of its own, as the flat ``google/ddpm-*`` layout does); precision variants only where a folder
+    has no plain weights."""
     paths = [p for p in paths if not p.lower().endswith(PICKLE_SUFFIXES)
              and any(fnmatch.fnmatch(PurePosixPath(p).name, pat) for pat in MODEL_PATTERNS)]
     if "model_index.json" in paths:
+        flat = "config.json" in paths  # the root is itself a model folder (google/ddpm-*: UNet2DModel at the root)
         keep = []
         for p in paths:
             parts = PurePosixPath(p).parts
             if len(parts) == 1:
-                if p.endswith(".json"):
-                    keep.append(p)  # model_index.json; root .safetensors are single-file checkpoints
+                if p.endswith(".json") or flat:
+                    keep.append(p)  # else root .safetensors are single-file checkpoints (v1-5-pruned...)
             elif parts[0] not in SKIPPED_COMPONENTS:
                 keep.append(p)
         paths = keep

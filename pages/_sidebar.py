@@ -18,6 +18,7 @@ from core.backbones.base import Backbone
 from core.backbones.registry import DEFAULT_MODEL, FAMILIES, REGISTERED, family_by_name
 
 from pages._access import dataset_summary, get_model
+from pages._download import download_panel, downloaded_datasets
 from pages._env import (APP_PATH, EXPECTED_ERRORS, PathNotAllowed, data_roots, default_max_per_domain,
                         default_model_name, device_label, find_datasets, model_roots, resolve_inside_roots,
                         resolve_typed_model)
@@ -57,6 +58,8 @@ def _dataset_label(value: str) -> str:
     base, _, split = value.partition(":")
     if base in BUILTINS:
         return f"{base} ({'held-out' if split == 'heldout' else split})"
+    if "/" not in value and "\\" not in value:  # installed by a download, chosen by name
+        return f"{value} (downloaded)"
     return f"{Path(value).name} ({value})"
 
 
@@ -118,12 +121,14 @@ def sidebar() -> Settings | None:
     sb.markdown("## DomainLens")
     sb.caption("What's in a diffusion latent? How UNet features separate image domains.")
 
+    download_panel(sb)
     roots = data_roots()
-    options = _builtin_options() + find_datasets(tuple(map(str, roots))) + [TYPED_PATH]
+    downloaded = downloaded_datasets()  # inside the data home, which DomainLens manages (like the built-ins)
+    options = _builtin_options() + downloaded + find_datasets(tuple(map(str, roots))) + [TYPED_PATH]
     choice = sb.selectbox("Dataset", options, key="dataset", format_func=_dataset_label,
                           help="Built-in sets, DomainBed folders found under the data roots, or a path you type.")
     dataset = choice
-    if choice not in (TYPED_PATH, *_builtin_options()):  # a discovered path: checked again on every run
+    if choice not in (TYPED_PATH, *_builtin_options(), *downloaded):  # a discovered path: checked on every run
         try:
             dataset = str(resolve_inside_roots(choice, roots))
         except PathNotAllowed as e:
@@ -152,7 +157,8 @@ def sidebar() -> Settings | None:
         model = sb.text_input("Hub id or local folder", key="model_path",
                               placeholder="stabilityai/stable-diffusion-2-1-base or /models/sd21").strip()
         if not model:
-            st.info("Type a Hugging Face hub id (already downloaded) or a diffusers model folder in the sidebar.")
+            st.info("Type a Hugging Face hub id (downloaded: `python -m core download ID` or the sidebar's "
+                    "Download panel) or a diffusers model folder in the sidebar.")
             return None
         try:
             model = resolve_typed_model(model, model_roots())

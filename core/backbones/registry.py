@@ -201,7 +201,7 @@ def check_safetensors(folder: Path) -> None:
                 f"{d} holds only pickle weights ({', '.join(sorted(pickles)[:3])}); DomainLens loads safetensors "
                 "only. Convert once on a trusted machine: load it with diffusers/transformers and "
                 "save_pretrained(..., safe_serialization=True), or download the repository's .safetensors files "
-                "(`hf download <id> --include '*.safetensors' '*.json' '*.txt' --local-dir DIR`).")
+                "(`python -m core download <id>`, which fetches safetensors and configs only).")
 
 
 def _most_specific(matches: list[type[Backbone]]) -> list[type[Backbone]]:
@@ -231,7 +231,7 @@ def detect_family(folder: str | os.PathLike) -> type[Backbone]:
     if not matches:
         raise ModelError(f"{folder} is not a supported model folder (found: {what}). Supported families: "
                          f"{supported_families()}. Pass the folder of a whole Hub repository (e.g. from "
-                         "`hf download <id> --local-dir DIR`).")
+                         "`python -m core download <id> --dir DIR`).")
     raise ModelError(f"{folder} matches several families ({', '.join(m.family for m in matches)}; found: {what}); "
                      "this is a registry bug, please report it.")
 
@@ -268,12 +268,20 @@ def resolve_folder(name_or_path: str) -> tuple[Path | None, type[Backbone] | Non
         try:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(name_or_path, local_files_only=True)
+            try:
+                folder = snapshot_download(name_or_path, local_files_only=True)
+            except Exception as e:  # noqa: BLE001
+                # `python -m core download` fetches only the files DomainLens loads (no pickles, no variants):
+                # the cached snapshot is "incomplete" for huggingface_hub but complete for the loader
+                folder = getattr(e, "snapshot_path", None)
+                if not folder or not Path(folder).is_dir():
+                    raise
         except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
             raise ModelError(
-                f"Hub model {name_or_path!r} is not in the local Hugging Face cache and DomainLens never downloads. "
-                f"On a connected machine run `hf download {name_or_path} --local-dir DIR` (gated repositories "
-                "need `hf auth login` first) and pass the local folder DIR instead."
+                f"Hub model {name_or_path!r} is not in the local Hugging Face cache, and DomainLens downloads only "
+                f"when asked: run `python -m core download {name_or_path}` (safetensors and configs only; gated "
+                "repositories need `hf auth login` first), or on another machine `hf download "
+                f"{name_or_path} --local-dir DIR` and pass the local folder DIR."
             ) from e
         return Path(folder), None
     raise ModelError(f"Unknown model {name_or_path!r}: not a registered name ({', '.join(REGISTERED)}), not an "

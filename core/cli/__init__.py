@@ -1,5 +1,5 @@
-"""Command line: ``python -m core {datasets,models,validate,extract,cache,sweep,report,dg}`` and the research
-views' subcommands (:mod:`core.cli.views`).
+"""Command line: ``python -m core {datasets,models,validate,extract,cache,sweep,report,dg}``, the research
+views' subcommands (:mod:`core.cli.views`) and ``download`` (:mod:`core.cli.download`).
 
 The CLI calls the same core functions with the same config objects as the dashboard.
 """
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cli.views import add_parsers as add_view_parsers  # the research views (views.NAMES)
 
     add_view_parsers(sub, _add_extraction_args)
+    from core.cli.download import add_parser as add_download_parser  # the only command that downloads
+
+    add_download_parser(sub)
     return parser
 
 
@@ -475,11 +478,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "datasets":
             for name, desc in BUILTINS.items():
                 print(f"{name:16s} {desc}  (splits: {', '.join(SPLITS)}; default heldout)")
+            from core.data.download import installed_datasets  # installed by `python -m core download NAME`
+
+            for name, root in installed_datasets():
+                print(f"{name:16s} downloaded: {root}  (python -m core download --list shows what can be fetched)")
             return 0
+        from core.cli.download import cmd_download
         from core.cli.views import COMMANDS as VIEW_COMMANDS  # the research views (views.NAMES)
 
         return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep,
-                "report": cmd_report, "dg": cmd_dg, "cache": cmd_cache, **VIEW_COMMANDS}[args.command](args)
+                "report": cmd_report, "dg": cmd_dg, "cache": cmd_cache, "download": cmd_download, **VIEW_COMMANDS}[args.command](args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -548,8 +548,8 @@ def stratified_subsample(
 
 
 def load_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """A built-in name (``synthetic-pacs``, ``rotated-digits``, optional ``:train``/``:heldout``), a
-    DomainBed folder or a CSV manifest."""
+    """A built-in name (``synthetic-pacs``, ``rotated-digits``, optional ``:train``/``:heldout``), the name of a
+    dataset installed by ``python -m core download`` (``PACS``), a DomainBed folder or a CSV manifest."""
     from core.data import builtin
 
     _check_path_text(str(name_or_path))
@@ -558,4 +558,15 @@ def load_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None) -
         return scan_folder(root, name=builtin.canonical_name(name_or_path))
     if ":" in name_or_path and not Path(name_or_path).exists() and name_or_path.split(":")[0] in builtin.BUILTINS:
         raise DatasetError(f"Unknown split in {name_or_path!r}; use one of {builtin.SPLITS}.")
+    if "/" not in name_or_path and os.sep not in name_or_path and not Path(name_or_path).exists():
+        from core.data import download  # a dataset installed by `python -m core download NAME`, by its name
+
+        root = download.installed_root(name_or_path, data_dir)
+        if root is not None:
+            return scan_folder(root, name=root.name)
+        entry = download.catalogue_entry(name_or_path)
+        if entry is not None:
+            raise DatasetError(f"Dataset {entry.name} is not downloaded yet (looked in {download.data_home(data_dir)}). "
+                               f"Run `python -m core download {entry.name}` (downloads only when asked; `python -m "
+                               "core download --list` shows the sources), or pass the folder of a copy you have.")
     return scan_folder(name_or_path)

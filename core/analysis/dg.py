@@ -277,9 +277,9 @@ def leave_one_domain_out(features: np.ndarray, domains: Sequence[str], classes: 
 
 def _summary(folds: Sequence[HeldOut], **extra) -> dict:
     row = dict(extra)
-    for name in ("heldout_acc", "gap", "pd_gain", "true_gain", "acc_pseudo_domains", "acc_one_domain"):
+    for name in ("heldout_acc", "pd_gain", "true_gain", "acc_pseudo_domains", "acc_one_domain"):
         v = [getattr(f, name) for f in folds]
-        row[name] = float(np.nanmean(v)) if len(v) else float("nan")
+        row[name] = float(np.mean(v)) if len(v) else float("nan")
         row[f"{name}_sd"] = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
     row["pd_gain_ci95"] = t_halfwidth([f.pd_gain for f in folds])
     for name in ("nmi", "homogeneity", "completeness", "purity"):

@@ -123,7 +123,7 @@ def test_dg_page_matches_core(monkeypatch):
     assert m["In-domain accuracy"] == f"{fold.in_domain_acc:.1%}"
     assert m["Gap (domain shift)"] == f"{fold.gap:+.3f}"
     landing = at.dataframe[1].value
-    np.testing.assert_allclose(landing.iloc[0, 1:4].to_numpy(float), fold.shares)
+    np.testing.assert_allclose(landing.iloc[0, 1:1 + len(fold.shares)].to_numpy(float), fold.shares)
     labels = {b.label for b in at.get("download_button")}
     assert {"ranking (CSV)", "domainbed.zip", "configuration (JSON)"} <= labels
     at.selectbox(key="dg_heldout").select("sketch").run()
@@ -209,4 +209,5 @@ def test_trained_on_heldout_comes_from_the_models_own_record():
                                                                                               "sketch": True}
     assert heldout_seen("domainlens-tiny", "/data/PACS", ["photo"]) == {"photo": False}  # another dataset
     assert heldout_seen("domainlens-cnn", "rotated-digits", ["rot00"]) == {"rot00": True}  # names only: all
-    assert heldout_seen("pixels", "synthetic-pacs", ["photo"]) == {"photo": None}  # no record: unknown
+    assert heldout_seen("pixels", "synthetic-pacs", ["photo"]) == {"photo": False}  # no weights: saw nothing
+    assert heldout_seen("no/such-model", "synthetic-pacs", ["photo"]) == {"photo": None}  # no record: unknown

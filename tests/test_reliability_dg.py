@@ -56,12 +56,19 @@ def test_dg_cli_with_a_traversal_domain_writes_only_inside_its_out_folder(tmp_pa
     out = work / "out" / "ranking.csv"
     before = _files(tmp_path)
     assert main(["dg", "--dataset", str(csv), "--model", "pixels", "--device", "cpu", "--no-progress",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--k-sweep", "--train-domain-sweep"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning" not in printed and "-k-sweep.csv" in printed  # pixels learned from nothing: no warning
     new = {n for n in _files(tmp_path) - before if n != "cache" and not n.startswith("cache/")}  # the feature cache
     assert new and all(n.startswith("a/b/c/out") or n in ("a", "a/b", "a/b/c") for n in new), sorted(new)
     assert not any("PWNED" in n and "test_env_2_x_PWNED" not in n for n in new)
     envs = sorted(p.name for p in (work / "out" / "ranking-domainbed").iterdir() if p.is_dir())
     assert envs == ["test_env_0_b", "test_env_1_c", "test_env_2_x_PWNED"]
+    import pandas as pd
+
+    ks = pd.read_csv(work / "out" / "ranking-k-sweep.csv")
+    assert list(ks["k_asked"]) == [2, 6, 10] and list(ks["k_rule"])[0] == "classes x 1"  # 2 classes; 2 training domains
+    assert list(pd.read_csv(work / "out" / "ranking-train-domains.csv")["n_train_domains"]) == [2]
     meta = json.loads((work / "out" / "ranking-domainbed" / "setting.json").read_text())
     assert meta["test_envs"]["test_env_2_x_PWNED"] == EVIL  # the real name, mapped
 

@@ -294,7 +294,7 @@ def k_sweep(features: np.ndarray, domains: Sequence[str], classes: Sequence[str]
     """Leave-one-domain-out at each K (default: GUIDE's classes x {1, 3, 5} and the number of training
     domains): one row per K with the fold means, fold standard deviations (``*_sd``) and the 95 % t interval
     of ``pd_gain``, and the pseudo-domains' NMI / homogeneity / completeness / purity against the true
-    training domains."""
+    training domains. ``n_pseudo_domains`` is the K used: ``k_asked`` capped at the number of training images."""
     _check_learner(learner)
     X, d = _check(features, np.asarray(domains))
     y = np.asarray(classes)
@@ -305,7 +305,7 @@ def k_sweep(features: np.ndarray, domains: Sequence[str], classes: Sequence[str]
     rows = []
     for k in ks:
         folds = [_fold(X, d, y, h, np.flatnonzero(d != h), k, seed, 5, learner, in_domain=False) for h in present]
-        rows.append(_summary(folds, n_pseudo_domains=k, learner=learner,
+        rows.append(_summary(folds, n_pseudo_domains=min(len(f.centroids) for f in folds), k_asked=k, learner=learner,
                              k_rule=("classes x %d" % (k // len(np.unique(y)))
                                      if k in guide_ks(len(np.unique(y))) else
                                      "training domains" if k == len(present) - 1 else "custom")))
@@ -348,15 +348,16 @@ def _base_name(dataset: str) -> str:
 def backbone_training_data(model: str) -> dict[str, list[str] | None] | None:
     """The training data a model folder records about itself: ``{dataset name: [domains] or None}`` from
     ``training_log.json`` (``train_data``: name -> {"domains": [...]}) or ``config.json`` (``train_data``: a
-    list of names, domains not listed). None when the model has no such record (unknown)."""
+    list of names, domains not listed). ``{}`` for a built-in without weights (nothing learned), None when the
+    model has no such record (unknown)."""
     try:
         from core.backbones.registry import resolve_folder
 
         folder, _ = resolve_folder(model)
     except Exception:  # an unknown or missing model: nothing recorded
         return None
-    if folder is None:
-        return None
+    if folder is None:  # a built-in without weights (the pixels baseline): it learned from nothing
+        return {}
     for name in ("training_log.json", "config.json"):
         p = Path(folder) / name
         if not p.is_file():

@@ -69,7 +69,9 @@ def test_dg_cli_rows_domainbed_files_seed_stability_and_gap(tmp_path, capsys):
         assert mrow["heldout_acc"] == pytest.approx(per["heldout_acc"].mean(), abs=1e-4)
         np.testing.assert_allclose(per["gap"], per["in_domain_acc"] - per["heldout_acc"], atol=2e-4)
     # DomainBed-ready files of the top setting: one folder per test domain
-    top = means.sort_values("rank_heldout_acc").iloc[0]
+    top = means.iloc[0]  # ranked by the pseudo-domain gain (the default): the DomainBed files are its
+    assert top["rank_pd_gain"] == 1 and sorted(means["rank_pd_gain"]) == [1, 2]
+    np.testing.assert_allclose(means["pd_gain"], means["acc_pseudo_domains"] - means["acc_one_domain"], atol=2e-4)
     folder = tmp_path / "ranking-domainbed"
     root = load_dataset(DATASET).root
     envs = sorted(p.name for p in folder.iterdir() if p.is_dir())

@@ -183,6 +183,10 @@ def test_ranking_by_pseudo_domain_gain_finds_the_planted_signal():
     assert all(f.acc_one_domain == pytest.approx(f.heldout_acc) for f in bal)
     with pytest.raises(ValueError, match="learner must be one of"):
         leave_one_domain_out(*planted(True), learner="dro")
+    from core.analysis import dg
+    from core.cli import dgaudit
+
+    assert (dgaudit.LEARNERS, dgaudit.LEARNERS[0], dgaudit.RANK_BY) == (dg.LEARNERS, dg.DEFAULT_LEARNER, dg.RANK_BY)
 
 
 def test_k_sweep_over_guide_choices_and_training_domain_sweep():

@@ -253,6 +253,11 @@ def test_cli_views_without_timesteps_use_t50(tiny_sd_dir, tmp_path):
     assert json.loads((tmp_path / "stab" / "config.json").read_text())["timesteps"] == [50]
     assert main(["prompt-audit", *common, "--blocks", "up_blocks.1", "--out", str(tmp_path / "audit")]) == 0
     assert (tmp_path / "audit" / "config.json").exists()
+    import pandas as pd
+
+    leak = pd.read_csv(tmp_path / "audit" / "leakage.csv")  # against the label-free controls (6 classes)
+    assert set(leak["class_control"]) <= {"empty", "shuffled class", "constant", "wrong class"}
+    assert "wrong_class_excess" in leak
 
 
 # ------------------------------------------------------------------------------------------------ pages

@@ -158,9 +158,12 @@ def confounds(features: np.ndarray, domains: Sequence[str], classes: Sequence[st
         rows.append(row)
     per = pd.DataFrame(rows, columns=CLASS_COLUMNS)
     ok = per["within_nmi"].notna()
-    if not ok.any():
-        notes.append("no class has images of 2 or more domains (at least 2 each): domain is fully confounded with "
-                     "class, so no within-class domain score exists")
+    if not (per["n_domains"] >= 2).any():
+        notes.append("no class has images of 2 or more domains: domain is fully confounded with class, so no "
+                     "within-class domain score exists")
+    elif not ok.any():
+        notes.append(f"no class has {MIN_PER_DOMAIN}+ images in each of 2 or more domains, so no within-class "
+                     "domain NMI was computed; use more images per domain (e.g. --max-per-domain)")
     w = per.loc[ok, "n_images"].to_numpy(float)
     lco = per["lco_accuracy"].notna()
     return Confounds(

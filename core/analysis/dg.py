@@ -406,7 +406,8 @@ def seen_warning(result: "DGResult") -> str | None:
                 "those domains, not generalization to unseen ones.")
     if any(v is None for v in seen.values()):
         return (f"{result.model} records no training data: it may have seen the held-out domains (web-scale "
-                "pre-training usually has photos, paintings and sketches); read the held-out numbers with that in mind.")
+                "pre-training usually has photos, paintings and sketches); read the held-out numbers with that "
+                "in mind.")
     return None
 
 

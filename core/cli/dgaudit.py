@@ -3,7 +3,6 @@ sweeps (:func:`add_dg_args`), and the ``python -m core confounds`` subcommand (:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

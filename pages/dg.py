@@ -178,8 +178,7 @@ with st.expander("Sweep K (GUIDE: classes × {1, 3, 5}) and the number of traini
                "held-out results with 2 … all-but-one training domains (every subset, up to 10 per held-out "
                "domain). Means over folds with their standard deviations (`_sd`).")
     if st.toggle("Run the sweeps", key="dg_sweep"):
-        sk = f"{s.dataset}|{m_name}|{block}|{t}|{s.max_per_domain}|{s.seed}"
-        ks, td = sweeps(sk, learner, k, s.seed, fs.features[block], list(fs.domains), list(fs.classes),
+        ks, td = sweeps(f"{fs.cache_key}|{block}|{len(fs)}", learner, k, s.seed, fs.features[block], list(fs.domains), list(fs.classes),
                         list(fs.domain_names))
         st.dataframe(ks, hide_index=True, width="stretch", key="dg_k_sweep")
         st.dataframe(td, hide_index=True, width="stretch", key="dg_train_domains")

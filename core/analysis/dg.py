@@ -516,7 +516,6 @@ def rank_frame(results: Sequence[DGResult], rank_by: str = "pd_gain") -> pd.Data
         out.append(f)
     df = pd.concat(out, ignore_index=True)
     df["timestep"] = df["timestep"].astype("Int64")
-    df.attrs["rank_by"] = rank_by
     return df[RANK_COLUMNS]
 
 

@@ -4,6 +4,7 @@ error type. Backbones that take no prompt ignore them (and their cache keys leav
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from core.backbones.base import ExtractionError
 
@@ -48,21 +49,8 @@ class PromptSpec:
         return t
 
     def rule(self) -> dict:
-        """The ``{"template", "classes", "seed", "rule"}`` object of a "per-image" prompt."""
-        import json
-
-        try:
-            r = json.loads(self.text)
-        except ValueError:
-            r = None
-        ok = (isinstance(r, dict) and isinstance(r.get("template"), str) and "{class}" in r["template"]
-              and isinstance(r.get("classes"), list) and len(r["classes"]) >= 2
-              and all(isinstance(c, str) for c in r["classes"]) and isinstance(r.get("seed"), int)
-              and r.get("rule") in ("wrong", "random"))
-        if not ok:
-            raise ExtractionError('a per-image prompt is a JSON object {"template": "... {class} ...", "classes": '
-                                  f'[2 or more names], "seed": int, "rule": "wrong" or "random"}}, got {self.text!r}')
-        return r
+        """The ``{"template", "classes", "seed", "rule"}`` object of a "per-image" prompt (parsed once per text)."""
+        return _per_image_rule(self.text)
 
     def class_for_image(self, cls: str, image_id: str) -> str:
         """The class a "per-image" prompt names for one image: a seeded hash of (seed, image id) picks it
@@ -112,3 +100,22 @@ class PromptSpec:
         if prompt:
             return cls("custom", prompt)
         return cls()
+
+
+@lru_cache(maxsize=64)
+def _per_image_rule(text: str) -> dict:
+    import json
+
+    try:
+        r = json.loads(text)
+    except ValueError:
+        r = None
+    ok = (isinstance(r, dict) and isinstance(r.get("template"), str) and "{class}" in r["template"]
+          and isinstance(r.get("classes"), list) and len(r["classes"]) >= 2
+          and all(isinstance(c, str) for c in r["classes"]) and isinstance(r.get("seed"), int)
+          and r.get("rule") in ("wrong", "random"))
+    if not ok:
+        raise ExtractionError('a per-image prompt is a JSON object {"template": "... {class} ...", "classes": '
+                              f'[2 or more names], "seed": int, "rule": "wrong" or "random"}}, got {text!r}')
+    return r
+

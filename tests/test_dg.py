@@ -132,6 +132,11 @@ def test_dg_page_matches_core(monkeypatch):
     assert not at.exception
     sk = results[("domainlens-tiny", "up_blocks.1", 50)].fold("sketch")
     assert {x.label: x.value for x in at.metric}["Held-out class accuracy"] == f"{sk.heldout_acc:.1%}"
+    at.toggle(key="dg_sweep").set_value(True).run()  # K over GUIDE's classes x {1, 3, 5} and training domains
+    assert not at.exception
+    shown = {tuple(d.value.columns[:2]): d.value for d in at.dataframe}
+    assert list(shown[("n_pseudo_domains", "k_asked")]["k_asked"]) == [3, 6, 18, 30]
+    assert list(shown[("n_train_domains", "n_pseudo_domains")]["n_train_domains"]) == [2, 3]
 
 
 # ------------------------------------------------------------------- pseudo-domain quality (issue 17, item 6)

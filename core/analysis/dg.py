@@ -234,9 +234,11 @@ def _fold(X: np.ndarray, d: np.ndarray, y: np.ndarray, heldout: str, train: np.n
         if splits >= 2:
             cv = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
             in_dom = float(cross_val_score(_probe(seed), X[train], y[train], cv=cv).mean())
-    Xa_train = np.hstack([X[train], _one_hot(pseudo, k)])
-    Xa_test = np.hstack([X[test], _one_hot(land, k)])
-    aug = float((_probe(seed).fit(Xa_train, y[train]).predict(Xa_test) == y[test]).mean())
+    aug = float("nan")
+    if in_domain:  # the full fold; the sweeps report neither in-domain accuracy nor the augmented probe
+        Xa_train = np.hstack([X[train], _one_hot(pseudo, k)])
+        Xa_test = np.hstack([X[test], _one_hot(land, k)])
+        aug = float((_probe(seed).fit(Xa_train, y[train]).predict(Xa_test) == y[test]).mean())
     acc = {name: domain_learner_accuracy(X[train], y[train], g, X[test], y[test], learner, seed)
            for name, g in (("one", np.zeros(len(train), dtype=np.int64)), ("pseudo", pseudo), ("true", d[train]))}
     return HeldOut(heldout, train, test, pseudo, land, cent, pnames, shares, entropy, heldout_acc, in_dom, aug,

@@ -7,6 +7,7 @@ import streamlit as st
 from core import figures
 from core.analysis.explore import explore_faithfulness, explore_view
 from pages._access import scanned_dataset, thumbnail
+from pages._confounds import confounds_panel
 from pages._controls import (colour_control, COLOUR_LABELS, image_mode_control, REDUCER_LABELS, reduction_controls,
                              setting_controls)
 from pages._exports import export_panel, reproduce_spec, scores_frame
@@ -65,6 +66,7 @@ if len(rows) > 1:
     st.subheader(f"Spatial feature maps of {block}")
     spatial_panel(model, config, block, fs, rows, size=128, per_row=4, key="explore-spatial-grid")
 
+confounds_panel(fs, block, s.seed)
 spec = reproduce_spec(config, block, reduction, colour_by=colour, image_mode=image_mode,
                          layout_faithfulness={"k": faith.k, "random_state": s.seed,
                                               "api": "core.analysis.explore.explore_faithfulness"})

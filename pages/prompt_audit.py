@@ -1,5 +1,6 @@
 """Prompt audit: does the text put the label into the features? Empty prompt vs class and domain templates
-vs controls (a wrong class, a constant unrelated sentence), domain and class NMI per block."""
+vs controls (a per-image wrong class, a per-image shuffled class, a constant unrelated sentence), domain and
+class NMI per block."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ model = current_model(s)
 st.title("Prompt audit")
 st.caption("Text that names the label leaks the label into the features. A class template (“"
            + CLASS_TEMPLATE + "”) tells the UNet each image's class, a domain template (“" + DOMAIN_TEMPLATE
-           + "”) its domain: scores then measure the prompt as much as the image. The controls carry no true "
-           "label: the class template with a wrong class (a seeded shuffle; each class always gets the same other "
-           "class) and one constant unrelated sentence. An NMI that rises with a label-naming template but not "
-           "with the controls is leakage, not image content.")
+           + "”) its domain: scores then measure the prompt as much as the image. The controls: the class "
+           "template with a wrong class drawn per image (seeded, never the true one), with a class drawn per "
+           "image independently of it (shuffled class), and one constant unrelated sentence. Leakage = the "
+           "label-naming template's NMI minus the highest NMI of the label-free controls (the wrong class joins "
+           "them from 5 classes on: with fewer it still names the class, e.g. with 2 it *is* the other class). "
+           "Definitions: docs/METHODS.md.")
 if not model.uses_prompt:
     st.info(f"`{short_model_name(s.model)}` takes no text prompt, so there is nothing to audit. Pick a diffusion "
             "model with a text encoder in the sidebar.")
@@ -48,7 +51,7 @@ config = s.extraction(timestep)
 ds = scanned_dataset(config.dataset)
 key = request_key("prompt-audit", s, config, blocks=blocks, constant=constant)
 df = memo_run(key, prompt_audit, config, blocks, model=model, device=s.device, dataset=ds, constant=constant,
-              label="Extracting features (5 prompts)")
+              label="Extracting features (6 prompts)")
 leak = leakage(df)
 
 fig = prompt_audit_figure(df, block_order=list(model.blocks), title=f"Prompts at t = {timestep}")
@@ -59,10 +62,16 @@ c1.metric("Largest domain leakage", f"{worst['domain_leak']:+.3f}", help=f"at {w
           "domain template minus the highest domain NMI of the prompts that do not name the domain.")
 worst_c = leak.loc[leak["class_leak"].idxmax()]
 c2.metric("Largest class leakage", f"{worst_c['class_leak']:+.3f}", help=f"at {worst_c['block']}: class NMI with the "
-          "class template minus the highest class NMI of the prompts that do not name the class.")
+          f"class template minus the highest class NMI of the label-free controls ({worst_c['class_control']}).")
+if "wrong_class_excess" in leak:
+    st.caption("Wrong class minus empty, class NMI (near 0 when the control carries no class): "
+               + ", ".join(f"{r['block']} {r['wrong_class_excess']:+.3f}" for _, r in leak.iterrows()))
 with st.expander("The prompts used"):
     for name, p in conditions(ds.classes, config.seed, constant).items():
-        st.markdown(f"**{name}** — mode `{p.mode}`: `{p.text or '(empty)'}`")
+        st.markdown(f"**{name}** — mode `{p.mode}`: `{p.text or '(empty)'}`"
+                    + (f" (e.g. `{p.for_class(ds.records[0].cls, ds.records[0].domain, ds.records[0].id)}` for "
+                       f"`{ds.records[0].id}`, class `{ds.records[0].cls}`)" if p.mode == "per-image" and ds.records
+                       else ""))
 st.dataframe(df, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in df.columns if "nmi" in c})
 opts = dict(timesteps=[timestep], blocks=",".join(blocks), constant=None if constant == CONSTANT_PROMPT else constant)

@@ -488,6 +488,10 @@ def test_pseudo_domains_page(tiny_app, tiny_sd_dir):
     m = metrics(at)
     assert m["Clusters ↔ domains NMI"] == f"{ref.domain_nmi:.3f}"
     assert m["Clusters ↔ classes NMI"] == f"{ref.class_nmi:.3f}"
+    from core.analysis.dg import cluster_agreement
+
+    agree = cluster_agreement(fs.domains, ref.labels)  # beside NMI: homogeneity and purity (issue 17)
+    assert (m["Domain homogeneity"], m["Domain purity"]) == (f"{agree['homogeneity']:.3f}", f"{agree['purity']:.3f}")
     by_domain, by_class = charts(at)
     assert list(by_domain.data[0].x) == ["cartoon", "painting", "photo", "sketch"]
     assert len(by_domain.data[0].y) == 4 and len(by_class.data[0].x) == 6

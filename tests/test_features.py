@@ -433,7 +433,7 @@ def test_prompt_spec_errors():
         PromptSpec("template", "a photo of a thing")
     with pytest.raises(ExtractionError, match=r"must contain \{class\}"):
         PromptSpec.parse(template="a photo")
-    with pytest.raises(ExtractionError, match="prompt mode must be empty, template, custom or per-class"):
+    with pytest.raises(ExtractionError, match="prompt mode must be empty, template, custom, per-class or per-image"):
         PromptSpec("negative", "x")
     with pytest.raises(ExtractionError, match="either a prompt or a prompt template, not both"):
         PromptSpec.parse(prompt="a cat", template="a {class}")

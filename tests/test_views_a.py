@@ -174,7 +174,7 @@ def test_align_frames_undoes_rotation_and_strip_figure_holds_every_frame():
 
 
 def test_prompt_spec_domain_and_per_class_modes_keep_old_keys():
-    from core.analysis.prompt_audit import derangement, wrong_class_prompt
+    from core.analysis.prompt_audit import derangement, fixed_wrong_class_prompt
     from core.engine.extract import ExtractionError
 
     assert PromptSpec("template", "a {domain} of a {class}").for_class("hot_dog", "clip_art") == "a clip art of a hot dog"
@@ -188,7 +188,7 @@ def test_prompt_spec_domain_and_per_class_modes_keep_old_keys():
         m = derangement(names, seed)
         assert sorted(m.values()) == names and all(k != v for k, v in m.items())
     assert derangement(names, 3) == derangement(names, 3)
-    p = wrong_class_prompt(["cat", "dog"])
+    p = fixed_wrong_class_prompt(["cat", "dog"])
     assert p.for_class("cat") == "a photo of a dog" and p.for_class("dog") == "a photo of a cat"
     with pytest.raises(ValueError, match="at least 2"):
         derangement(["only"])
@@ -253,6 +253,11 @@ def test_cli_views_without_timesteps_use_t50(tiny_sd_dir, tmp_path):
     assert json.loads((tmp_path / "stab" / "config.json").read_text())["timesteps"] == [50]
     assert main(["prompt-audit", *common, "--blocks", "up_blocks.1", "--out", str(tmp_path / "audit")]) == 0
     assert (tmp_path / "audit" / "config.json").exists()
+    import pandas as pd
+
+    leak = pd.read_csv(tmp_path / "audit" / "leakage.csv")  # against the label-free controls (6 classes)
+    assert set(leak["class_control"]) <= {"empty", "shuffled class", "constant", "wrong class"}
+    assert "wrong_class_excess" in leak
 
 
 # ------------------------------------------------------------------------------------------------ pages
@@ -384,7 +389,8 @@ def test_stability_and_prompt_audit_pages_match_core(app, tiny_sd_dir, tiny_mode
     at.switch_page("pages/prompt_audit.py").run()
     _clean(at)
     df = prompt_audit(cfg, ["up_blocks.1"], model=tiny_model)
-    assert list(df["condition"]) == ["empty", "class template", "domain template", "wrong class", "constant"]
+    assert list(df["condition"]) == ["empty", "class template", "domain template", "wrong class", "shuffled class",
+                                     "constant"]
     assert df["prompt"].iloc[2] == "a {domain} of an object" and df["domain_nmi"].nunique() > 1
     shown = at.dataframe[0].value
     assert list(shown["condition"]) == list(df["condition"])
@@ -393,6 +399,7 @@ def test_stability_and_prompt_audit_pages_match_core(app, tiny_sd_dir, tiny_mode
     assert any("python -m core prompt-audit" in c.value for c in at.code)
     leak = leakage(df)
     assert {x.label: x.value for x in at.metric}["Largest domain leakage"] == f"{leak['domain_leak'].max():+.3f}"
+    assert {x.label: x.value for x in at.metric}["Largest class leakage"] == f"{leak['class_leak'].max():+.3f}"
 
 
 def test_cka_benchmark_produces_rows(tmp_path):

@@ -138,7 +138,8 @@ def sample_records(records: Sequence[ImageRecord], n: int = DEFAULT_SAMPLE, seed
 def _request(config, records: Sequence[ImageRecord]):
     from core.backbones.base import Request
 
-    return Request(timestep=int(config.timestep), prompts=[config.prompt.for_class(r.cls) for r in records],
+    prompts = [config.prompt.for_class(r.cls, r.domain, r.id) for r in records]
+    return Request(timestep=int(config.timestep), prompts=prompts,
                    class_label=getattr(config, "class_label", None), seed=int(config.seed),
                    ensemble=int(config.ensemble), noise_mode=getattr(config, "noise_mode", "noised"))
 

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cli.download import add_parser as add_download_parser  # the only command that downloads
 
     add_download_parser(sub)
+    from core.cli.dgaudit import add_parsers as add_confound_parsers  # confounds
+
+    add_confound_parsers(sub, _add_extraction_args)
     return parser
 
 
@@ -405,7 +408,8 @@ def _add_report_parsers(sub) -> None:
     d.add_argument("--max-per-domain", type=int, default=None)
     d.add_argument("--seed", type=int, default=0, help="image sample and diffusion noise")
     d.add_argument("--analysis-seed", type=int, default=0, help="k-means, cross-validation split, probe")
-    d.add_argument("--clusters", type=int, default=None, help="pseudo-domains K (default: training domains)")
+    d.add_argument("--clusters", type=int, default=None,
+                   help="pseudo-domains K (default: the number of classes, GUIDE's K = classes x 1)")
     d.add_argument("--out", default="ranking.csv", help="the ranking as CSV")
     d.add_argument("--domainbed-dir", default=None,
                    help="where the top setting's pseudo-domain files go (default: <out stem>-domainbed/)")
@@ -414,6 +418,9 @@ def _add_report_parsers(sub) -> None:
     d.add_argument("--dtype", default="auto")
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--no-progress", action="store_true")
+    from core.cli.dgaudit import add_dg_args  # pseudo-domain quality and the sweeps
+
+    add_dg_args(d)
 
 
 def cmd_report(args) -> int:
@@ -450,6 +457,7 @@ def cmd_dg(args) -> int:
         ranking, results = rank_settings(args.dataset, args.model, args.blocks, args.timesteps,
                                          max_per_domain=args.max_per_domain, seed=args.seed,
                                          analysis_seed=args.analysis_seed, n_clusters=args.clusters,
+                                         learner=args.learner, rank_by=args.rank_by,
                                          device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                                          cache_dir=args.cache_dir, progress=update)
     finally:
@@ -462,12 +470,16 @@ def cmd_dg(args) -> int:
     best = results[(top["model"], top["block"], t)]
     folder = Path(args.domainbed_dir) if args.domainbed_dir else out.with_name(out.stem + "-domainbed")
     files = export_domainbed(best, folder, load_dataset(args.dataset).root)
-    cols = ["model", "block", "timestep", "heldout_acc", "in_domain_acc", "gap", "heldout_acc_aug", "aug_delta",
-            "landing_entropy_norm", "rank_heldout_acc", "rank_gap"]
-    with pd.option_context("display.width", 200, "display.max_rows", 500):
+    cols = ["model", "block", "timestep", "n_pseudo_domains", "pd_gain", "pd_gain_ci95", "true_gain",
+            "pd_homogeneity", "pd_nmi", "heldout_acc", "gap", "rank_pd_gain", "rank_heldout_acc", "rank_gap"]
+    with pd.option_context("display.width", 250, "display.max_rows", 500):
         print(mean_rows(ranking)[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {out} ({len(ranking)} rows); top setting {best.model} {best.setting}: DomainBed files "
-          f"({len(files)}) in {folder}")
+    print(f"wrote {out} ({len(ranking)} rows, ranked by {args.rank_by}); top setting {best.model} {best.setting}: "
+          f"DomainBed files ({len(files)}) in {folder}")
+    from core.cli.dgaudit import dg_extras
+
+    for line in dg_extras(args, best, out):
+        print(line)
     return 0
 
 
@@ -485,9 +497,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from core.cli.download import cmd_download
         from core.cli.views import COMMANDS as VIEW_COMMANDS  # the research views (views.NAMES)
+        from core.cli.dgaudit import COMMANDS as CONFOUND_COMMANDS
 
         return {"models": cmd_models, "validate": cmd_validate, "extract": cmd_extract, "sweep": cmd_sweep,
-                "report": cmd_report, "dg": cmd_dg, "cache": cmd_cache, "download": cmd_download, **VIEW_COMMANDS}[args.command](args)
+                "report": cmd_report, "dg": cmd_dg, "cache": cmd_cache, "download": cmd_download, **VIEW_COMMANDS,
+                **CONFOUND_COMMANDS}[args.command](args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -460,7 +460,7 @@ def _compute_chunk(model: Backbone, config, recs, blocks, resolution, batch_size
             arrays[f"f:{b}"] = np.zeros((0, 0), np.float32)
         return arrays
     ids = [r.id for r in ok]
-    prompts = [config.prompt.for_class(r.cls, r.domain) for r in ok]
+    prompts = [config.prompt.for_class(r.cls, r.domain, r.id) for r in ok]
 
     def fn(idx: list[int]):
         request = request_of(config, [prompts[i] for i in idx])

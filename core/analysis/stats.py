@@ -1,0 +1,484 @@
+"""Statistics behind every score DomainLens reports: chance-corrected scores, honest spreads, intervals and
+paired comparisons. docs/METHODS.md states each one for citation; this module is the single implementation.
+
+Public API
+----------
+``Interval(estimate, lo, hi, level=0.95, n_boot=0, method="shift", bias=0.0)``
+    A point estimate with a two-sided interval. ``excludes_zero``, ``contains(x)``, ``format(digits)``
+    ("0.412 [0.388, 0.437]"), ``to_dict(prefix)``.
+``cluster_scores(X, y, n_seeds=5, n_init=1, random_state=0, minibatch=None) -> KMeansScores``
+    k-means (K = number of distinct labels in ``y``) on the full features, once per k-means seed
+    ``random_state + s`` (s < ``n_seeds``), each seed a single k-means run unless ``n_init > 1``. Keeps the
+    cluster labels of every seed, so bootstraps and chance floors need no re-clustering.
+``KMeansScores``
+    ``y`` (label codes), ``clusters`` (n_seeds, n), per-seed ``nmi``, ``ami``, ``emi`` arrays;
+    ``nmi_mean/nmi_std/ami_mean/ami_std`` (std over seeds, ``ddof=0``), ``take(rows)``.
+``contingency_scores(y, c, rows=None, emi=None) -> (nmi, ami)``
+    NMI and AMI of two label vectors (of the ``rows`` resample when given) from their contingency table;
+    equal to scikit-learn's ``normalized_mutual_info_score`` / ``adjusted_mutual_info_score`` (arithmetic).
+``chance_floor(scores, n_perm=20, seed=0) -> ChanceFloor``
+    NMI / AMI of the same clusters against permuted labels (the permutation null).
+``gaussian_floor(n, n_features, y, n_seeds=5, n_init=1, seed=0) -> ChanceFloor``
+    The same k-means on Gaussian features of the given shape (a re-clustering null; slower).
+``ChanceFloor``
+    ``nmi_mean, nmi_std, ami_mean, ami_std, n_draws, method``; ``threshold`` (= nmi_mean + 2 nmi_std) and
+    ``within(nmi)``: a score at or below the threshold is "within chance".
+``bootstrap_ci(stat_fn, n, n_boot=200, seed=0, alpha=0.05, method="shift") -> Interval``
+    Bootstrap over images of any statistic ``stat_fn(rows) -> float``.
+``paired_bootstrap(stat_a, stat_b, n, n_boot=200, seed=0, alpha=0.05) -> Interval``
+    Interval of the difference A - B, both evaluated on the SAME resampled images in every draw.
+``score_interval(runs, stat="nmi", n_boot=200, seed=0, alpha=0.05) -> Interval``
+    Interval of a mean k-means score that combines noise seeds (one ``KMeansScores`` per extraction seed,
+    all on the same images), k-means seeds and a bootstrap over images (hierarchical bootstrap, below).
+``paired_score_difference(runs_a, runs_b, stat="nmi", n_boot=200, seed=0, alpha=0.05) -> Interval``
+    The same for the difference A - B, images (and noise seeds, when both sides have the same number)
+    paired.
+
+Statistics
+----------
+* NMI: ``I(Y;C) / ((H(Y) + H(C)) / 2)`` with natural logs (scikit-learn's arithmetic normalisation). Its
+  chance level is NOT 0: independent labels and clusters give ``E[I] ~ (K_Y - 1)(K_C - 1) / (2 n)`` nats, so
+  noise features score high when there are many labels per image (65 classes x 2,000 images: ~0.23).
+* AMI: ``(I - E[I]) / ((H(Y) + H(C)) / 2 - E[I])``, ``E[I]`` the expected mutual information under random
+  permutation of the labels with both marginals fixed (Vinh et al. 2010). Chance level 0, perfect 1.
+  ``E[I]`` is exact (scikit-learn's ``expected_mutual_information``) when its cost
+  (``sum_ij min(a_i, b_j)`` over label and cluster sizes) is at most :data:`EXACT_EMI_MAX_OPS`; above that
+  (e.g. 345 classes x 586k images: 18 s per seed exact) it is the mean mutual information over
+  :data:`EMI_PERMUTATIONS` label permutations, an unbiased Monte-Carlo estimate of the same quantity.
+* Spread over k-means seeds: one k-means run per seed by default (``n_init=1``), so the std over seeds
+  is the spread of the procedure the paper describes (one k-means). ``n_init=3`` (DomainLens before
+  this module) keeps the best of 3 runs per seed; its std only shows how often the best-of-3 differs.
+* Chance floor: the permutation null of the reported score. Labels are permuted ``n_perm`` times per k-means
+  seed against the fixed clusters; the floor is the mean and std of those NMIs (and AMIs, which have mean 0
+  by construction). A score is within chance when ``nmi <= floor.nmi_mean + 2 * floor.nmi_std``.
+* Bootstrap over images: rows drawn with replacement, ``n`` of ``n``; the k-means clusters of each seed are
+  reused (NMI of the resampled (label, cluster) pairs) rather than re-clustering every draw. That measures
+  how much the score depends on which images were sampled given the clustering; it leaves out the
+  clustering's own reaction to the resample (bench/ shows k-means seeds dominate that part, and they are
+  varied separately). In AMI draws ``E[I]`` is held at its full-sample value (it depends only on the label
+  and cluster sizes, which a bootstrap barely moves). The interval is the shifted percentile interval
+  (``method="shift"``): the 2.5 and 97.5 % points of the draws minus the bootstrap bias estimate
+  ``mean(draws) - estimate``. Plug-in NMI is biased upward on a resample with repeated images (a resample
+  has about n/2 effective images: 2,000 noise images x 65 classes give 0.235 on the sample and ~0.33 on
+  resamples), so the plain percentile interval (``method="percentile"``) can miss the estimate entirely.
+  ``Interval.bias`` keeps the bias estimate.
+* Hierarchical bootstrap (``score_interval``): each draw resamples the noise seeds (extraction seeds) with
+  replacement, within each of them the k-means seeds with replacement, and the images (one resample shared
+  by all seeds: same images); the draw's value is the mean score over the drawn (noise, k-means) pairs.
+  So the interval covers noise-seed, k-means-seed and image-sample variation of the reported mean. With a
+  single noise seed (the default extraction) it covers k-means seeds and images only: say so.
+* Paired bootstrap: in every draw A and B are scored on the same resampled images (and, with equally many
+  noise runs on both sides, the same noise-seed draw); the interval is that of the difference. Only an
+  interval that excludes 0 supports "A beats B".
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+N_BOOT = 200  # default bootstrap draws
+ALPHA = 0.05  # two-sided 95 % intervals
+N_PERM = 20  # default label permutations per k-means seed for the chance floor
+CHANCE_SIGMAS = 2.0  # "within chance": at or below floor mean + CHANCE_SIGMAS * floor std
+EXACT_EMI_MAX_OPS = 5_000_000  # exact expected MI above this cost (~0.5 s) is replaced by a permutation estimate
+EMI_PERMUTATIONS = 20  # permutations behind the Monte-Carlo expected MI
+_EPS = np.finfo("float64").eps
+
+
+# --------------------------------------------------------------------------------------------------- intervals
+
+@dataclass(frozen=True)
+class Interval:
+    """A point ``estimate`` with a two-sided ``level`` interval ``[lo, hi]`` from ``n_boot`` draws."""
+
+    estimate: float
+    lo: float
+    hi: float
+    level: float = 0.95
+    n_boot: int = 0
+    method: str = "shift"
+    bias: float = 0.0  # bootstrap bias estimate mean(draws) - estimate (already removed by method "shift")
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the whole interval lies on one side of 0 (a difference is then called)."""
+        return bool(self.lo > 0 or self.hi < 0)
+
+    def contains(self, x: float) -> bool:
+        return bool(self.lo <= x <= self.hi)
+
+    @property
+    def width(self) -> float:
+        return float(self.hi - self.lo)
+
+    def format(self, digits: int = 3, signed: bool = False) -> str:
+        """``"0.412 [0.388, 0.437]"`` (``signed``: ``"+0.012 [-0.004, +0.029]"``)."""
+        f = f"{{:{'+' if signed else ''}.{digits}f}}"
+        return f"{f.format(self.estimate)} [{f.format(self.lo)}, {f.format(self.hi)}]"
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def to_dict(self, prefix: str = "") -> dict:
+        """``{prefix: estimate, prefix_lo: lo, prefix_hi: hi}`` (no prefix: estimate/lo/hi/level/n_boot)."""
+        if prefix:
+            return {prefix: self.estimate, f"{prefix}_lo": self.lo, f"{prefix}_hi": self.hi}
+        return {"estimate": self.estimate, "lo": self.lo, "hi": self.hi, "level": self.level, "n_boot": self.n_boot}
+
+
+def _interval(estimate: float, draws: np.ndarray, alpha: float, method: str) -> Interval:
+    """Interval of bootstrap ``draws`` around ``estimate``: "shift" (default) the percentile interval of the
+    draws moved by the bootstrap bias estimate ``mean(draws) - estimate`` (Efron & Tibshirani 1993, ch. 10),
+    so it is centred on the estimate; "percentile" the plain percentile interval."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    b = len(draws)
+    if b == 0:
+        return Interval(float(estimate), float(estimate), float(estimate), 1 - alpha, 0, method)
+    if method == "shift":
+        bias = float(draws.mean() - estimate)
+    elif method == "percentile":
+        bias = 0.0
+    else:
+        raise ValueError(f"unknown interval method {method!r}; use 'shift' or 'percentile'")
+    lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2]) - bias
+    return Interval(float(estimate), float(lo), float(hi), 1 - alpha, b, method, float(draws.mean() - estimate))
+
+
+def bootstrap_rows(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) row indices drawn with replacement: the image resamples every bootstrap here uses."""
+    if n < 1:
+        raise ValueError("cannot bootstrap an empty sample")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_ci(stat_fn: Callable[[np.ndarray], float], n: int, n_boot: int = N_BOOT, seed: int = 0,
+                 alpha: float = ALPHA, method: str = "shift") -> Interval:
+    """Bootstrap over images: ``stat_fn(rows)`` on all rows (the estimate) and on ``n_boot`` resamples of
+    ``n`` rows drawn with replacement (seeded); the ``1 - alpha`` interval of the draws (see module doc)."""
+    est = float(stat_fn(np.arange(n)))
+    draws = np.array([stat_fn(r) for r in bootstrap_rows(n, n_boot, seed)], dtype=float)
+    return _interval(est, draws, alpha, method)
+
+
+def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np.ndarray], float], n: int,
+                     n_boot: int = N_BOOT, seed: int = 0, alpha: float = ALPHA, method: str = "shift") -> Interval:
+    """Interval of ``stat_a - stat_b`` where both are evaluated on the SAME resampled rows in every draw
+    (row i must be the same image for A and B). Call "A beats B" only when ``.excludes_zero``."""
+    rows = np.arange(n)
+    est = float(stat_a(rows) - stat_b(rows))
+    draws = np.array([stat_a(r) - stat_b(r) for r in bootstrap_rows(n, n_boot, seed)], dtype=float)
+    return _interval(est, draws, alpha, method)
+
+
+# ------------------------------------------------------------------------------------------- NMI / AMI core
+
+def _codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    uniq, inv = np.unique(np.asarray(labels), return_inverse=True)
+    return inv.astype(np.int64).ravel(), len(uniq)
+
+
+def _entropy(counts: np.ndarray) -> float:
+    c = counts[counts > 0].astype(float)
+    n = c.sum()
+    return float(-np.sum(c / n * (np.log(c) - np.log(n)))) if n > 0 else 0.0
+
+
+def _mi(cont: np.ndarray) -> float:
+    """Mutual information (nats) of a dense contingency table."""
+    n = cont.sum()
+    a, b = cont.sum(1), cont.sum(0)
+    i, j = np.nonzero(cont)
+    nij = cont[i, j].astype(float)
+    mi = np.sum(nij / n * (np.log(nij) + np.log(n) - np.log(a[i]) - np.log(b[j])))
+    return float(max(mi, 0.0))
+
+
+def _emi_cost(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum_ij min(a_i, b_j)``: the work of the exact expected-MI sum."""
+    a, b = np.sort(a[a > 0]), np.sort(b[b > 0])
+    cb = np.concatenate([[0], np.cumsum(b)])
+    k = np.searchsorted(b, a, side="right")  # b_j <= a_i for j < k
+    return float(np.sum(cb[k] + a * (len(b) - k)))
+
+
+def _expected_mi(cont: np.ndarray, y: np.ndarray | None = None, c: np.ndarray | None = None,
+                 seed: int = 0) -> tuple[float, bool]:
+    """E[I] under the permutation model for the margins of ``cont``: (value, exact). Exact via scikit-learn
+    when cheap; otherwise (needs the label vectors ``y``, ``c``) the mean MI over label permutations."""
+    n = int(cont.sum())
+    a, b = cont.sum(1), cont.sum(0)
+    if _emi_cost(a, b) <= EXACT_EMI_MAX_OPS or y is None:
+        try:
+            from sklearn.metrics.cluster._expected_mutual_info_fast import expected_mutual_information
+
+            return float(expected_mutual_information(cont[a > 0][:, b > 0], n)), True
+        except ImportError:  # pragma: no cover - a scikit-learn without the private helper
+            if y is None:
+                raise
+    rng = np.random.default_rng(seed)
+    kc = cont.shape[1]
+    mis = [_mi(np.bincount(rng.permutation(y) * kc + c, minlength=cont.size).reshape(cont.shape))
+           for _ in range(EMI_PERMUTATIONS)]
+    return float(np.mean(mis)), False
+
+
+def _nmi_ami(cont: np.ndarray, emi: float | None) -> tuple[float, float]:
+    """scikit-learn's arithmetic NMI and AMI from a contingency table (AMI nan when ``emi`` is None)."""
+    a, b = cont.sum(1), cont.sum(0)
+    ka, kb = int(np.sum(a > 0)), int(np.sum(b > 0))
+    if ka == kb == 1 or ka == kb == 0:
+        return 1.0, 1.0
+    mi = _mi(cont)
+    norm = (_entropy(a) + _entropy(b)) / 2
+    nmi = 0.0 if mi == 0 else float(mi / norm)
+    if emi is None:
+        return nmi, float("nan")
+    if ka == 1 or kb == 1:
+        return nmi, 0.0
+    den, num = norm - emi, mi - emi
+    den = min(den, -_EPS) if den < 0 else max(den, _EPS)
+    num = min(num, -_EPS) if num < 0 else max(num, _EPS)
+    return nmi, float(num / den)
+
+
+def _contingency(codes: np.ndarray, shape: tuple[int, int], rows: np.ndarray | None = None) -> np.ndarray:
+    x = codes if rows is None else codes[rows]
+    return np.bincount(x, minlength=shape[0] * shape[1]).reshape(shape)
+
+
+def contingency_scores(y: np.ndarray, c: np.ndarray, rows: np.ndarray | None = None,
+                       emi: float | None = None) -> tuple[float, float]:
+    """(NMI, AMI) of labels ``y`` against clusters ``c`` (of the resample ``rows`` when given). Without ``emi``
+    the expected MI is computed for this table (exact or by permutations, see the module doc); pass the
+    full-sample value to hold it fixed across bootstrap draws."""
+    yc, ky = _codes(y)
+    cc, kc = _codes(c)
+    cont = _contingency(yc * kc + cc, (ky, kc), rows)
+    if emi is None:
+        yy, ccs = (yc, cc) if rows is None else (yc[rows], cc[rows])
+        emi = _expected_mi(cont, yy, ccs)[0]
+    return _nmi_ami(cont, emi)
+
+
+# ----------------------------------------------------------------------------------------- k-means scores
+
+@dataclass
+class KMeansScores:
+    """k-means against one labelling, per k-means seed: the clusters and their NMI / AMI."""
+
+    y: np.ndarray  # (n,) label codes 0..n_labels-1
+    clusters: np.ndarray  # (n_seeds, n) cluster labels 0..n_labels-1
+    nmi: np.ndarray  # (n_seeds,)
+    ami: np.ndarray  # (n_seeds,)
+    emi: np.ndarray  # (n_seeds,) expected MI (nats) behind each AMI
+    emi_exact: bool = True  # False: the expected MI is a permutation estimate (large tables)
+    n_init: int = 1  # k-means runs per seed (the best kept); 1 = one k-means, the paper's protocol
+    seeds: tuple = ()
+    label_names: tuple = field(default=())
+
+    @property
+    def n_seeds(self) -> int:
+        return int(len(self.nmi))
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.y.max()) + 1 if len(self.y) else 0
+
+    @property
+    def nmi_mean(self) -> float:
+        return float(np.mean(self.nmi))
+
+    @property
+    def nmi_std(self) -> float:
+        """Std over k-means seeds (``ddof=0``)."""
+        return float(np.std(self.nmi))
+
+    @property
+    def ami_mean(self) -> float:
+        return float(np.mean(self.ami))
+
+    @property
+    def ami_std(self) -> float:
+        return float(np.std(self.ami))
+
+    def take(self, rows: np.ndarray) -> "KMeansScores":
+        """The same clusters restricted / reordered to ``rows`` (scores recomputed on them, expected MI
+        recomputed), e.g. to align two settings on their shared images."""
+        rows = np.asarray(rows)
+        y, cl = self.y[rows], self.clusters[:, rows]
+        out = [_seed_scores(y, c, self.n_labels, s) for s, c in enumerate(cl)]
+        return KMeansScores(y, cl, np.array([o[0] for o in out]), np.array([o[1] for o in out]),
+                            np.array([o[2] for o in out]), all(o[3] for o in out), self.n_init, self.seeds,
+                            self.label_names)
+
+
+def _seed_scores(y: np.ndarray, c: np.ndarray, k: int, seed: int) -> tuple[float, float, float, bool]:
+    kc = max(int(c.max()) + 1 if len(c) else 1, 1)
+    cont = _contingency(y * kc + c, (k, kc))
+    emi, exact = _expected_mi(cont, y, c, seed)
+    nmi, ami = _nmi_ami(cont, emi)
+    return nmi, ami, emi, exact
+
+
+def cluster_scores(X: np.ndarray, y: np.ndarray, n_seeds: int = 5, n_init: int = 1, random_state: int = 0,
+                   minibatch: bool | None = None) -> KMeansScores:
+    """k-means with K = number of distinct labels of ``y`` on the full features ``X`` (n, d), seeds
+    ``random_state .. random_state + n_seeds - 1``, each ``n_init`` runs (best inertia kept; 1 = a single
+    k-means as in the paper); NMI and AMI of each seed against ``y`` (see the module doc). Fewer than 2
+    labels: NMI = AMI = 0 and no clustering."""
+    from core.analysis.metrics import _check, kmeans_labels
+
+    X, labels = _check(X, y)
+    if n_seeds < 1 or n_init < 1:
+        raise ValueError(f"n_seeds and n_init must be >= 1, got {n_seeds} and {n_init}")
+    yc, k = _codes(labels)
+    names = tuple(str(v) for v in np.unique(labels))
+    seeds = tuple(int(random_state) + s for s in range(n_seeds))
+    if k < 2:
+        z = np.zeros(n_seeds)
+        return KMeansScores(yc, np.zeros((n_seeds, len(yc)), np.int64), z, z.copy(), z.copy(), True, n_init,
+                            seeds, names)
+    clusters = np.stack([kmeans_labels(X, k, s, minibatch, n_init=n_init)[0].astype(np.int64) for s in seeds])
+    out = [_seed_scores(yc, c, k, s) for s, c in zip(seeds, clusters)]
+    return KMeansScores(yc, clusters, np.array([o[0] for o in out]), np.array([o[1] for o in out]),
+                        np.array([o[2] for o in out]), all(o[3] for o in out), int(n_init), seeds, names)
+
+
+# ------------------------------------------------------------------------------------------- chance floors
+
+@dataclass(frozen=True)
+class ChanceFloor:
+    """The score k-means reaches by chance: mean and std of NMI / AMI under a null (``method``)."""
+
+    nmi_mean: float
+    nmi_std: float
+    ami_mean: float
+    ami_std: float
+    n_draws: int
+    method: str = "permutation"
+
+    @property
+    def threshold(self) -> float:
+        """NMI at or below this is within chance: floor mean + :data:`CHANCE_SIGMAS` floor std."""
+        return float(self.nmi_mean + CHANCE_SIGMAS * self.nmi_std)
+
+    def within(self, nmi: float) -> bool:
+        """True when ``nmi`` is within the noise floor's spread (not distinguishable from chance)."""
+        return bool(nmi <= self.threshold)
+
+    def format(self, digits: int = 3) -> str:
+        return f"{self.nmi_mean:.{digits}f} ± {self.nmi_std:.{digits}f}"
+
+
+def chance_floor(scores: KMeansScores, n_perm: int = N_PERM, seed: int = 0) -> ChanceFloor:
+    """Permutation null of ``scores``: the labels permuted ``n_perm`` times per k-means seed against that
+    seed's fixed clusters (cluster and label sizes kept); mean and std of the resulting NMI and AMI over
+    all ``n_seeds * n_perm`` draws. No re-clustering; AMI has mean 0 here by construction."""
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
+    rng = np.random.default_rng(seed)
+    k = max(scores.n_labels, 1)
+    nmis, amis = [], []
+    for c, emi in zip(scores.clusters, scores.emi):
+        kc = int(c.max()) + 1 if len(c) else 1
+        for _ in range(n_perm):
+            cont = _contingency(rng.permutation(scores.y) * kc + c, (k, kc))
+            a, b = _nmi_ami(cont, float(emi))
+            nmis.append(a)
+            amis.append(b)
+    return ChanceFloor(float(np.mean(nmis)), float(np.std(nmis)), float(np.mean(amis)), float(np.std(amis)),
+                       len(nmis), "permutation")
+
+
+def gaussian_floor(n: int, n_features: int, y: np.ndarray, n_seeds: int = 5, n_init: int = 1, seed: int = 0
+                   ) -> ChanceFloor:
+    """Gaussian null: the same k-means (K = number of labels, ``n_init``) on standard-normal features of shape
+    (n, n_features), scored against ``y``, for ``n_seeds`` seeds (features and k-means seeded from
+    ``seed``). Costs ``n_seeds`` k-means fits; :func:`chance_floor` needs none."""
+    X = np.random.default_rng(seed).standard_normal((n, n_features)).astype(np.float32)
+    s = cluster_scores(X, y, n_seeds=n_seeds, n_init=n_init, random_state=seed)
+    return ChanceFloor(s.nmi_mean, s.nmi_std, s.ami_mean, s.ami_std, s.n_seeds, "gaussian")
+
+
+# ------------------------------------------------------------------------------ hierarchical bootstrap
+
+def _as_runs(runs: KMeansScores | Sequence[KMeansScores]) -> list[KMeansScores]:
+    runs = [runs] if isinstance(runs, KMeansScores) else list(runs)
+    if not runs:
+        raise ValueError("no k-means scores given")
+    n = len(runs[0].y)
+    if any(len(r.y) != n or not np.array_equal(r.y, runs[0].y) for r in runs):
+        raise ValueError("every run must score the same images in the same order (same labels); align them "
+                         "first (KMeansScores.take)")
+    return runs
+
+
+def _draw_values(runs: list[KMeansScores], rows: np.ndarray, stat: str) -> np.ndarray:
+    """(n_boot, n_runs, n_seeds) score of every (noise run, k-means seed) on every image resample."""
+    if stat not in ("nmi", "ami"):
+        raise ValueError(f"stat must be 'nmi' or 'ami', got {stat!r}")
+    n_seeds = min(r.n_seeds for r in runs)
+    out = np.empty((len(rows), len(runs), n_seeds))
+    for ri, run in enumerate(runs):
+        k = max(run.n_labels, 1)
+        for si in range(n_seeds):
+            c = run.clusters[si]
+            kc = int(c.max()) + 1 if len(c) else 1
+            codes = run.y * kc + c
+            emi = float(run.emi[si]) if stat == "ami" else None
+            for b, r in enumerate(rows):
+                out[b, ri, si] = _nmi_ami(_contingency(codes, (k, kc), r), emi)[0 if stat == "nmi" else 1]
+    return out
+
+
+def _hier_means(values: np.ndarray, rng: np.random.Generator, run_picks: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw: noise runs resampled with replacement (or ``run_picks``), within each the k-means seeds;
+    the mean over the drawn pairs. Returns (means, run_picks)."""
+    n_boot, n_runs, n_seeds = values.shape
+    if run_picks is None:
+        run_picks = rng.integers(0, n_runs, size=(n_boot, n_runs))
+    seed_picks = rng.integers(0, n_seeds, size=(n_boot, n_runs, n_seeds))
+    b = np.arange(n_boot)[:, None, None]
+    return values[b, run_picks[:, :, None], seed_picks].mean(axis=(1, 2)), run_picks
+
+
+def score_interval(runs: KMeansScores | Sequence[KMeansScores], stat: str = "nmi", n_boot: int = N_BOOT,
+                   seed: int = 0, alpha: float = ALPHA, method: str = "shift") -> Interval:
+    """Interval of the mean ``stat`` ("nmi" or "ami") over noise seeds x k-means seeds, from the
+    hierarchical bootstrap of the module doc: ``runs`` is one :class:`KMeansScores` per noise (extraction)
+    seed, all on the same images. The estimate is the plain mean over every (noise seed, k-means seed)."""
+    runs = _as_runs(runs)
+    n_seeds = min(r.n_seeds for r in runs)
+    est = float(np.mean([getattr(r, stat)[:n_seeds] for r in runs]))
+    rng = np.random.default_rng(seed)
+    rows = bootstrap_rows(len(runs[0].y), n_boot, seed)
+    means, _ = _hier_means(_draw_values(runs, rows, stat), rng)
+    return _interval(est, means, alpha, method)
+
+
+def paired_score_difference(runs_a: KMeansScores | Sequence[KMeansScores],
+                            runs_b: KMeansScores | Sequence[KMeansScores], stat: str = "nmi",
+                            n_boot: int = N_BOOT, seed: int = 0, alpha: float = ALPHA,
+                            method: str = "shift") -> Interval:
+    """Interval of mean ``stat`` of A minus that of B (paired bootstrap, module doc): the same image
+    resample for both in every draw; the same noise-seed draw too when both have equally many runs
+    (run i of A and B must then share noise seed i). Rows must be the same images on both sides."""
+    runs_a, runs_b = _as_runs(runs_a), _as_runs(runs_b)
+    if not np.array_equal(runs_a[0].y, runs_b[0].y):
+        raise ValueError("A and B must score the same images in the same order (same labels); align them "
+                         "first (KMeansScores.take on the shared image ids)")
+    sa, sb = min(r.n_seeds for r in runs_a), min(r.n_seeds for r in runs_b)
+    est = float(np.mean([getattr(r, stat)[:sa] for r in runs_a]) - np.mean([getattr(r, stat)[:sb] for r in runs_b]))
+    rng = np.random.default_rng(seed)
+    rows = bootstrap_rows(len(runs_a[0].y), n_boot, seed)
+    ma, picks = _hier_means(_draw_values(runs_a, rows, stat), rng)
+    mb, _ = _hier_means(_draw_values(runs_b, rows, stat), rng, picks if len(runs_a) == len(runs_b) else None)
+    return _interval(est, ma - mb, alpha, method)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import figures
 from core.engine.prompts import PromptSpec
-from core.analysis.sweep import best_setting, run_sweep
+from core.analysis.sweep import best_setting, run_sweep, tied_with_best
 from pages._controls import ensure_state, pooling_control, PROMPT_LABELS, TEMPLATE
 from pages._exports import cli_command, export_panel, reproduce_spec
 from pages._output import PLOT_CONFIG
@@ -79,13 +79,22 @@ base = last["settings"].extraction(last["timesteps"][0], PromptSpec(*last["promp
 run_model = current_model(last["settings"])
 df = run_core(run_sweep, base, list(last["blocks"]), list(last["timesteps"]),
                  [PromptSpec(*p) for p in last["prompts"]], model=run_model, device=s.device,
-                 label="Sweeping")
+                 n_init=last["settings"].n_init, label="Sweeping")
 
 best = best_setting(df)
 t_best = "" if pd.isna(best["timestep"]) else f" at t = {int(best['timestep'])}"
 p_best = f" with prompt “{best['prompt']}”" if best["prompt"] else ""
-st.success(f"Best setting: **{best['block']}**{t_best}{p_best} → domain NMI **{best['domain_nmi']:.3f}**, "
-           f"class NMI {best['class_nmi']:.3f}", icon=":material/star:")
+ci = "" if pd.isna(best["domain_nmi_lo"]) else f" [{best['domain_nmi_lo']:.3f}, {best['domain_nmi_hi']:.3f}]"
+ties = int(tied_with_best(df).sum()) - 1
+st.success(f"Best setting: **{best['block']}**{t_best}{p_best} → domain NMI **{best['domain_nmi']:.3f}**{ci} "
+           f"(AMI {best['domain_ami']:.3f}, chance {best['domain_nmi_chance']:.3f}), class NMI "
+           f"{best['class_nmi']:.3f} (AMI {best['class_ami']:.3f})"
+           + (f". {ties} other setting(s) have a 95 % interval overlapping the best's: the ranking among them is "
+              "not settled (Compare gives a paired interval for any two)." if ties > 0 else "."),
+           icon=":material/star:")
+if df["domain_within_chance"].any() or df["class_within_chance"].any():
+    st.caption(f"Within chance (NMI inside its chance floor's spread): {int(df['domain_within_chance'].sum())} "
+               f"domain and {int(df['class_within_chance'].sum())} class score(s); see the *_within_chance columns.")
 
 prompt_labels = list(dict.fromkeys(df["prompt"]))
 shown = prompt_labels[0]
@@ -111,12 +120,16 @@ if run_model.uses_timestep and sub["timestep"].nunique() > 1:
     c4.plotly_chart(fig_ccurves, theme=None, config=PLOT_CONFIG, key="sweep_curves_class")
     figs.update({"domain NMI curves": fig_curves, "class NMI curves": fig_ccurves})
 
+st.caption("Intervals (_lo, _hi): 95 % over k-means seeds and a bootstrap over images. AMI: NMI corrected for "
+           "chance (0 = chance). _chance: the NMI the same clusters reach against shuffled labels. "
+           f"{int(df['n_init'].iloc[0]) if len(df) else 1} k-means run(s) per seed (sidebar: Statistics).")
 st.dataframe(df, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in df.columns
-                            if c.startswith(("domain_", "class_"))})
-cli = "\n".join(cli_command(replace(base, prompt=PromptSpec(*p)), list(last["blocks"]), list(last["timesteps"]))
+                            if c.startswith(("domain_", "class_")) and not c.endswith("within_chance")})
+cli = "\n".join(cli_command(replace(base, prompt=PromptSpec(*p)), list(last["blocks"]), list(last["timesteps"]),
+                            last["settings"].n_init)
                 for p in last["prompts"])
-spec = reproduce_spec(base, list(last["blocks"]), timesteps=list(last["timesteps"]),
+spec = reproduce_spec(base, list(last["blocks"]), timesteps=list(last["timesteps"]), n_init=last["settings"].n_init,
                          prompts=[{"mode": m, "text": t} for m, t in last["prompts"]])
 spec["cli"] = cli
 export_panel("sweep", figs=figs, tables={"sweep": df}, spec=spec, key="sweep-export")

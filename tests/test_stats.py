@@ -137,3 +137,10 @@ def test_bootstrap_draws_score_the_resampled_pairs(blobs):
             nmi, ami = stats.contingency_scores(s.y[r], s.clusters[si][r], emi=float(s.emi[si]))
             assert vals["nmi"][b, 0, si] == pytest.approx(nmi, abs=1e-10)
             assert vals["ami"][b, 0, si] == pytest.approx(ami, abs=1e-10)
+
+
+def test_kmeans_scores_round_trip_through_arrays(blobs):
+    _, _, s = blobs
+    back = stats.KMeansScores.from_arrays(s.to_arrays())
+    assert np.array_equal(back.clusters, s.clusters) and np.array_equal(back.y, s.y)
+    assert np.array_equal(back.nmi, s.nmi) and back.seeds == s.seeds and back.n_init == s.n_init

@@ -184,11 +184,12 @@ def _within(nmi_: float, chance: float, chance_std: float) -> bool:
 
 def score_features(features: np.ndarray, domain_labels: np.ndarray, class_labels: np.ndarray,
                    n_seeds: int = 5, probe: bool = True, n_init: int = DEFAULT_N_INIT, n_boot: int | None = None,
-                   n_perm: int | None = None, seed: int = 0) -> Scores:
+                   n_perm: int | None = None, seed: int = 0, keep: dict | None = None) -> Scores:
     """All scores of one feature matrix (n_images, n_features): NMI and AMI against domains and classes
     (k-means seeds 0 .. n_seeds - 1, ``n_init`` runs each), their chance floors (``n_perm`` label
     permutations per seed) and intervals (``n_boot`` bootstrap draws over images, 0: none), the domain
-    probe and silhouette. Bootstrap and permutations are seeded by ``seed``."""
+    probe and silhouette. Bootstrap and permutations are seeded by ``seed``. ``keep``: a dict that receives the
+    :class:`core.analysis.stats.KMeansScores` of "domain" and "class" (the clusters, for later bootstraps)."""
     from core.analysis import stats
 
     n_boot = stats.N_BOOT if n_boot is None else int(n_boot)
@@ -196,6 +197,8 @@ def score_features(features: np.ndarray, domain_labels: np.ndarray, class_labels
     out: dict = {}
     for name, labels in (("domain", domain_labels), ("class", class_labels)):
         ks = stats.cluster_scores(features, labels, n_seeds=n_seeds, n_init=n_init)
+        if keep is not None:
+            keep[name] = ks
         out.update({f"{name}_nmi": ks.nmi_mean, f"{name}_nmi_std": ks.nmi_std,
                     f"{name}_ami": ks.ami_mean, f"{name}_ami_std": ks.ami_std})
         if ks.n_labels >= 2:

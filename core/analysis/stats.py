@@ -12,7 +12,8 @@ Public API
     cluster labels of every seed, so bootstraps and chance floors need no re-clustering.
 ``KMeansScores``
     ``y`` (label codes), ``clusters`` (n_seeds, n), per-seed ``nmi``, ``ami``, ``emi`` arrays;
-    ``nmi_mean/nmi_std/ami_mean/ami_std`` (std over seeds, ``ddof=0``), ``take(rows)``.
+    ``nmi_mean/nmi_std/ami_mean/ami_std`` (std over seeds, ``ddof=0``), ``take(rows)``, ``to_arrays()`` /
+    ``from_arrays(d)`` (a result-cache round trip).
 ``contingency_scores(y, c, rows=None, emi=None) -> (nmi, ami)``
     NMI and AMI of two label vectors (of the ``rows`` resample when given) from their contingency table;
     equal to scikit-learn's ``normalized_mutual_info_score`` / ``adjusted_mutual_info_score`` (arithmetic).
@@ -31,6 +32,7 @@ Public API
     (``score_interval(runs, stat="nmi", ...)``: one of them.)
     Interval of a mean k-means score that combines noise seeds (one ``KMeansScores`` per extraction seed,
     all on the same images), k-means seeds and a bootstrap over images (hierarchical bootstrap, below).
+``paired_score_differences(runs_a, runs_b, n_boot=200, seed=0, alpha=0.05) -> {"nmi": .., "ami": ..}``
 ``paired_score_difference(runs_a, runs_b, stat="nmi", n_boot=200, seed=0, alpha=0.05) -> Interval``
     The same for the difference A - B, images (and noise seeds, when both sides have the same number)
     paired.
@@ -90,6 +92,7 @@ CHANCE_SIGMAS = 2.0  # "within chance": at or below floor mean + CHANCE_SIGMAS *
 EXACT_EMI_MAX_OPS = 5_000_000  # exact expected MI above this cost (~0.5 s) is replaced by a permutation estimate
 EMI_PERMUTATIONS = 20  # permutations behind the Monte-Carlo expected MI
 _EPS = np.finfo("float64").eps
+_TOL = 1e-12
 
 
 # --------------------------------------------------------------------------------------------------- intervals
@@ -108,8 +111,9 @@ class Interval:
 
     @property
     def excludes_zero(self) -> bool:
-        """True when the whole interval lies on one side of 0 (a difference is then called)."""
-        return bool(self.lo > 0 or self.hi < 0)
+        """True when the whole interval lies on one side of 0 (a difference is then called); bounds within
+        1e-12 of 0 (floating-point residue of identical settings) count as 0."""
+        return bool(self.lo > _TOL or self.hi < -_TOL)
 
     def contains(self, x: float) -> bool:
         return bool(self.lo <= x <= self.hi)
@@ -322,6 +326,21 @@ class KMeansScores:
                             np.array([o[2] for o in out]), all(o[3] for o in out), self.n_init, self.seeds,
                             self.label_names)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays for a result cache (:meth:`from_arrays` inverts it)."""
+        small = np.int16 if max(self.n_labels, int(self.clusters.max(initial=0)) + 1) < 2**15 else np.int32
+        return {"y": self.y.astype(small), "clusters": self.clusters.astype(small), "nmi": self.nmi,
+                "ami": self.ami, "emi": self.emi, "emi_exact": np.array(self.emi_exact),
+                "n_init": np.array(self.n_init), "seeds": np.array(self.seeds, dtype=np.int64),
+                "label_names": np.array(self.label_names, dtype=str)}
+
+    @classmethod
+    def from_arrays(cls, d: dict) -> "KMeansScores":
+        return cls(np.asarray(d["y"]).astype(np.int64), np.asarray(d["clusters"]).astype(np.int64),
+                   np.asarray(d["nmi"], float), np.asarray(d["ami"], float), np.asarray(d["emi"], float),
+                   bool(np.asarray(d["emi_exact"])), int(np.asarray(d["n_init"])),
+                   tuple(int(v) for v in np.asarray(d["seeds"])), tuple(str(v) for v in np.asarray(d["label_names"])))
+
 
 def _seed_scores(y: np.ndarray, c: np.ndarray, k: int, seed: int) -> tuple[float, float, float, bool]:
     kc = max(int(c.max()) + 1 if len(c) else 1, 1)
@@ -524,6 +543,29 @@ def score_interval(runs: KMeansScores | Sequence[KMeansScores], stat: str = "nmi
     return score_intervals(runs, n_boot, seed, alpha, method)[stat]
 
 
+def paired_score_differences(runs_a: KMeansScores | Sequence[KMeansScores],
+                             runs_b: KMeansScores | Sequence[KMeansScores], n_boot: int = N_BOOT, seed: int = 0,
+                             alpha: float = ALPHA, method: str = "shift") -> dict[str, Interval]:
+    """``{"nmi": Interval, "ami": Interval}`` of A minus B, as :func:`paired_score_difference` (one pass)."""
+    runs_a, runs_b = _as_runs(runs_a), _as_runs(runs_b)
+    if not np.array_equal(runs_a[0].y, runs_b[0].y):
+        raise ValueError("A and B must score the same images in the same order (same labels); align them "
+                         "first (KMeansScores.take on the shared image ids)")
+    n = len(runs_a[0].y)  # the same seed gives A and B the same image resamples
+    va = _draw_values(runs_a, bootstrap_rows(n, n_boot, seed))
+    vb = _draw_values(runs_b, bootstrap_rows(n, n_boot, seed))
+    sa, sb = min(r.n_seeds for r in runs_a), min(r.n_seeds for r in runs_b)
+    out = {}
+    for stat in ("nmi", "ami"):
+        est = float(np.mean([getattr(r, stat)[:sa] for r in runs_a]) -
+                    np.mean([getattr(r, stat)[:sb] for r in runs_b]))
+        rng = np.random.default_rng(seed)
+        ma, picks = _hier_means(va[stat], rng)
+        mb, _ = _hier_means(vb[stat], rng, picks if len(runs_a) == len(runs_b) else None)
+        out[stat] = _interval(est, ma - mb, alpha, method)
+    return out
+
+
 def paired_score_difference(runs_a: KMeansScores | Sequence[KMeansScores],
                             runs_b: KMeansScores | Sequence[KMeansScores], stat: str = "nmi",
                             n_boot: int = N_BOOT, seed: int = 0, alpha: float = ALPHA,
@@ -532,15 +574,4 @@ def paired_score_difference(runs_a: KMeansScores | Sequence[KMeansScores],
     resample for both in every draw; the same noise-seed draw too when both have equally many runs
     (run i of A and B must then share noise seed i). Rows must be the same images on both sides."""
     _check_stat(stat)
-    runs_a, runs_b = _as_runs(runs_a), _as_runs(runs_b)
-    if not np.array_equal(runs_a[0].y, runs_b[0].y):
-        raise ValueError("A and B must score the same images in the same order (same labels); align them "
-                         "first (KMeansScores.take on the shared image ids)")
-    sa, sb = min(r.n_seeds for r in runs_a), min(r.n_seeds for r in runs_b)
-    est = float(np.mean([getattr(r, stat)[:sa] for r in runs_a]) - np.mean([getattr(r, stat)[:sb] for r in runs_b]))
-    rng = np.random.default_rng(seed)
-    n = len(runs_a[0].y)  # the same seed gives A and B the same image resamples
-    ma, picks = _hier_means(_draw_values(runs_a, bootstrap_rows(n, n_boot, seed))[stat], rng)
-    mb, _ = _hier_means(_draw_values(runs_b, bootstrap_rows(n, n_boot, seed))[stat], rng,
-                        picks if len(runs_a) == len(runs_b) else None)
-    return _interval(est, ma - mb, alpha, method)
+    return paired_score_differences(runs_a, runs_b, n_boot, seed, alpha, method)[stat]

@@ -47,10 +47,38 @@ def cached_scores(fs: FeatureSet, block: str, n_seeds: int = 5, probe: bool = Tr
     hit = cache.load_result("scores", key)
     if hit is not None:
         return Scores.from_dict(hit)
+    kept: dict = {}
     s = score_features(fs.features[block], fs.domain_labels, fs.class_labels, n_seeds=n_seeds, probe=probe,
-                       n_init=n_init, n_boot=n_boot)
+                       n_init=n_init, n_boot=n_boot, keep=kept)
     cache.save_result("scores", key, {k: np.array(v) for k, v in s.to_dict().items()})
+    if "domain" in kept:  # the domain clusters, for paired comparisons / noise-seed intervals without k-means
+        cache.save_result("kmeans", _kmeans_key(fs, block, "domain", n_seeds, n_init), kept["domain"].to_arrays())
     return s
+
+
+def _kmeans_key(fs: FeatureSet, block: str, which: str, n_seeds: int, n_init: int) -> str:
+    return stable_hash({"features": fs.cache_key, "block": block, "n": len(fs.ids), "labels": which,
+                        "n_seeds": int(n_seeds), "n_init": int(n_init), "v": 1}, 32)
+
+
+def cached_kmeans(fs: FeatureSet, block: str, which: str = "domain", n_seeds: int = 5,
+                  n_init: int = DEFAULT_N_INIT, cache: FeatureCache | None = None):
+    """:func:`core.analysis.stats.cluster_scores` of one block against the ``which`` ("domain" or "class")
+    labels, cached (the clusters of every k-means seed, so bootstraps and paired comparisons never re-cluster).
+    The same seeds as :func:`cached_scores`, which stores the domain clusters as it computes them."""
+    from core.analysis import stats
+
+    if which not in ("domain", "class"):
+        raise ValueError(f"which must be 'domain' or 'class', got {which!r}")
+    cache = cache or FeatureCache()
+    key = _kmeans_key(fs, block, which, n_seeds, n_init)
+    hit = cache.load_result("kmeans", key)
+    if hit is not None:
+        return stats.KMeansScores.from_arrays(hit)
+    labels = fs.domain_labels if which == "domain" else fs.class_labels
+    ks = stats.cluster_scores(fs.features[block], labels, n_seeds=n_seeds, n_init=n_init)
+    cache.save_result("kmeans", key, ks.to_arrays())
+    return ks
 
 
 def score_row(s: Scores) -> dict:

@@ -56,15 +56,23 @@ else:
     c_prompts.markdown("**Prompt:** n/a (not text-conditioned)")
 
 pooling = pooling_control(model, c_blocks, "sweep_")
+noise_seeds = 1
+if model.uses_timestep:
+    noise_seeds = int(c_times.number_input(
+        "Noise seeds per setting", 1, 20, 1, key="sweep_noise_seeds",
+        help="1: the paper's single noise draw. More: each setting is extracted again with the next noise seeds "
+             "(same images) and the table gains the domain NMI averaged over them with a 95 % interval over noise "
+             "seeds, k-means seeds and images. Costs one model pass per seed."))
 n_settings = len(timesteps) * len(prompts)
 n_images = s.max_per_domain * n_domains(s)
 request = {"settings": s, "blocks": tuple(blocks), "timesteps": tuple(timesteps),
-           "prompts": tuple((p.mode, p.text) for p in prompts), "token_pooling": pooling}
+           "prompts": tuple((p.mode, p.text) for p in prompts), "token_pooling": pooling, "noise_seeds": noise_seeds}
 c_run, c_info = st.columns([1, 4], vertical_alignment="center")
 clicked = c_run.button("Run sweep", type="primary", key="sweep_run", icon=":material/play_arrow:",
                        disabled=not (blocks and timesteps and prompts))
 c_info.caption(f"{n_settings} setting(s) × up to {n_images:,} images: one UNet pass per image and setting "
-               "gives every block; cached settings cost nothing.")
+               + (f"and noise seed ({noise_seeds} each) " if noise_seeds > 1 else "")
+               + "gives every block; cached settings cost nothing.")
 if clicked:
     st.session_state["sweep_request"] = request  # a UI choice: what the user asked to sweep
 last = st.session_state.get("sweep_request")
@@ -79,12 +87,15 @@ base = last["settings"].extraction(last["timesteps"][0], PromptSpec(*last["promp
 run_model = current_model(last["settings"])
 df = run_core(run_sweep, base, list(last["blocks"]), list(last["timesteps"]),
                  [PromptSpec(*p) for p in last["prompts"]], model=run_model, device=s.device,
-                 n_init=last["settings"].n_init, label="Sweeping")
+                 n_init=last["settings"].n_init, noise_seeds=last.get("noise_seeds", 1), label="Sweeping")
 
 best = best_setting(df)
 t_best = "" if pd.isna(best["timestep"]) else f" at t = {int(best['timestep'])}"
 p_best = f" with prompt “{best['prompt']}”" if best["prompt"] else ""
 ci = "" if pd.isna(best["domain_nmi_lo"]) else f" [{best['domain_nmi_lo']:.3f}, {best['domain_nmi_hi']:.3f}]"
+if "domain_nmi_noise_mean" in df:
+    ci += (f"; over {int(best['noise_seeds'])} noise seeds {best['domain_nmi_noise_mean']:.3f} "
+           f"[{best['domain_nmi_noise_lo']:.3f}, {best['domain_nmi_noise_hi']:.3f}]")
 ties = int(tied_with_best(df).sum()) - 1
 st.success(f"Best setting: **{best['block']}**{t_best}{p_best} → domain NMI **{best['domain_nmi']:.3f}**{ci} "
            f"(AMI {best['domain_ami']:.3f}, chance {best['domain_nmi_chance']:.3f}), class NMI "
@@ -120,7 +131,8 @@ if run_model.uses_timestep and sub["timestep"].nunique() > 1:
     c4.plotly_chart(fig_ccurves, theme=None, config=PLOT_CONFIG, key="sweep_curves_class")
     figs.update({"domain NMI curves": fig_curves, "class NMI curves": fig_ccurves})
 
-st.caption("Intervals (_lo, _hi): 95 % over k-means seeds and a bootstrap over images. AMI: NMI corrected for "
+st.caption("Intervals (_lo, _hi): 95 % over k-means seeds and a bootstrap over images (_noise_: also over noise "
+           "seeds, when the sweep has several). AMI: NMI corrected for "
            "chance (0 = chance). _chance: the NMI the same clusters reach against shuffled labels. "
            f"{int(df['n_init'].iloc[0]) if len(df) else 1} k-means run(s) per seed (sidebar: Statistics).")
 st.dataframe(df, hide_index=True, width="stretch",

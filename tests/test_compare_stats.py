@@ -77,3 +77,26 @@ def test_tied_with_best_uses_the_intervals():
     df = pd.DataFrame({"domain_nmi": [0.80, 0.78, 0.50], "domain_nmi_lo": [0.75, 0.70, 0.45],
                        "domain_nmi_hi": [0.85, 0.83, 0.55]})
     assert tied_with_best(df).tolist() == [True, True, False]
+
+
+def test_sweep_cli_writes_ami_chance_intervals_and_noise_seed_interval(tiny_sd_dir, tmp_path, capsys):
+    from core.cli import main
+
+    out = tmp_path / "sweep.csv"
+    assert main(["sweep", "--model", str(tiny_sd_dir), "--dataset", "synthetic-pacs:heldout", "--max-per-domain",
+                 "5", "--timesteps", "50", "--blocks", "up_blocks.1", "--noise-seeds", "2", "--n-seeds",
+                 "2", "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path / "c")]) == 0
+    df = pd.read_csv(out)
+    assert {"domain_ami", "domain_nmi_chance", "domain_within_chance", "domain_nmi_lo", "domain_nmi_hi", "n_init",
+            "domain_nmi_noise_mean", "domain_nmi_noise_lo", "domain_nmi_noise_hi"} <= set(df.columns)
+    assert (df["noise_seeds"] == 2).all() and (df["n_init"] == 1).all()
+    assert ((df["domain_nmi_lo"] <= df["domain_nmi"] + 1e-4) & (df["domain_nmi"] <= df["domain_nmi_hi"] + 1e-4)).all()
+    assert (df["domain_nmi_noise_lo"] <= df["domain_nmi_noise_mean"] + 1e-4).all()
+    assert main(["sweep", "--model", str(tiny_sd_dir), "--n-init", "0", "--no-progress"]) == 2
+    assert "--n-init 0" in capsys.readouterr().err
+
+
+def test_tied_with_best_prefers_the_noise_seed_interval():
+    df = pd.DataFrame({"domain_nmi": [0.80, 0.70], "domain_nmi_lo": [0.79, 0.69], "domain_nmi_hi": [0.81, 0.71],
+                       "domain_nmi_noise_lo": [0.60, 0.55], "domain_nmi_noise_hi": [0.90, 0.80]})
+    assert tied_with_best(df).tolist() == [True, True]  # noise seeds widen the intervals: no longer separable

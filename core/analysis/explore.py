@@ -131,7 +131,8 @@ class PairedComparison:
         better, worse = (b, a) if d.estimate > 0 else (a, b)
         return f"{better} separates the domains better than {worse}: {what}; the interval excludes 0."
 
-    def to_frame(self) -> "pd.DataFrame":
+    def to_frame(self):
+        """One row per score (domain NMI, AMI): estimate, lo, hi, whether the interval excludes 0."""
         import pandas as pd
 
         return pd.DataFrame([{"score": f"domain {s.upper()} (B − A)", "estimate": iv.estimate, "lo": iv.lo,

@@ -78,7 +78,7 @@ Statistics
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -532,7 +532,9 @@ def score_intervals(runs: KMeansScores | Sequence[KMeansScores], n_boot: int = N
     for stat in ("nmi", "ami"):
         est = float(np.mean([getattr(r, stat)[:n_seeds] for r in runs]))
         means, _ = _hier_means(values[stat], np.random.default_rng(seed))
-        out[stat] = _interval(est, means, alpha, method)
+        iv = _interval(est, means, alpha, method)
+        # the shift can push a bound past the score's range: NMI lies in [0, 1], AMI is at most 1
+        out[stat] = replace(iv, lo=max(iv.lo, 0.0) if stat == "nmi" else iv.lo, hi=min(iv.hi, 1.0))
     return out
 
 

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI (1-100)")
     _add_stats_args(s)
+    s.add_argument("--noise-seeds", type=int, default=1,
+                   help="diffusion noise seeds per setting (1-20, default 1: the paper's single draw); more add "
+                        "domain_*_noise_{mean,lo,hi} columns: the mean over noise seeds with an interval over "
+                        "noise seeds, k-means seeds and images (costs one model pass per seed)")
     _add_report_parsers(sub)
     from core.cli.views import add_parsers as add_view_parsers  # the research views (views.NAMES)
 
@@ -325,6 +329,9 @@ def cmd_sweep(args) -> int:
     check_size("n_seeds", args.n_seeds)  # sizes: bounded with the reason, before anything runs
     if not 1 <= args.n_init <= 100:
         raise ValueError(f"--n-init {args.n_init}: k-means runs per seed must be 1-100 (1: the paper's protocol)")
+    if not 1 <= args.noise_seeds <= 20:
+        raise ValueError(f"--noise-seeds {args.noise_seeds}: give 1-20 noise seeds per setting (1: the paper's "
+                         "single draw)")
     check_size("resolution", args.resolution)
     check_size("ensemble", args.ensemble)
     check_size("batch_size", args.batch_size)
@@ -345,7 +352,8 @@ def cmd_sweep(args) -> int:
     try:
         df = run_sweep(_config(args, _timesteps(args)[0]), args.blocks, _timesteps(args), device=args.device,
                        dtype=args.dtype, batch_size=args.batch_size, cache_dir=args.cache_dir,
-                       n_seeds=args.n_seeds, n_init=args.n_init, progress=update, model=model)
+                       n_seeds=args.n_seeds, n_init=args.n_init, noise_seeds=args.noise_seeds, progress=update,
+                       model=model)
     finally:
         close()
     if args.out:

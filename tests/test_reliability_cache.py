@@ -1,0 +1,160 @@
+"""Issue 18, second hostile pass: the cache tool, CLI bounds and outputs, kept as tests.
+
+Each case asserts what a user sees (exit code, no traceback, a message naming the problem and the fix) and
+that nothing else is lost. The CLI runs in-process (``core.cli.main``), with the ``pixels`` baseline on a
+tiny folder; a FIFO case that used to hang is guarded by a timeout, so it fails instead of hanging.
+docs/RELIABILITY.md ("Second hostile pass (issue 18): cache tool, CLI bounds, outputs") lists the cases.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_datasets import make_tree  # noqa: E402
+
+from core.cli import main as cli_main
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run ``python -m core ARGV`` in-process: (exit code, stdout, stderr). argparse errors exit 2."""
+    try:
+        rc = cli_main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return rc, out, err
+
+
+# ------------------------------------------------------------------------------------------- the cache
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny dataset and a cache holding its ``pixels`` features (copied per test: tests damage it)."""
+    base = tmp_path_factory.mktemp("filled")
+    root = make_tree(base / "ds", {"d0": {"c": 2}, "d1": {"c": 2}})
+    assert cli_main(["extract", "--dataset", str(root), "--model", "pixels", "--cache-dir", str(base / "cache"),
+                     "--no-progress"]) == 0
+    return root, base / "cache"
+
+
+@pytest.fixture()
+def cache(filled, tmp_path) -> tuple[Path, Path]:
+    root, src = filled
+    shutil.copytree(src, tmp_path / "cache", symlinks=True)
+    return root, tmp_path / "cache"
+
+
+def extract(capsys, root, cache):
+    return cli(capsys, "extract", "--dataset", root, "--model", "pixels", "--cache-dir", cache, "--no-progress")
+
+
+def only(cache: Path, pattern: str) -> Path:
+    (p,) = cache.rglob(pattern)
+    return p
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"a string"', "7", '{"config": [1], "n_images": {"a": 1}}'])
+def test_meta_that_is_json_but_not_an_object_is_damage_not_a_crash(cache, capsys, text):
+    root, c = cache
+    meta = only(c, "meta.json")
+    meta.write_text(text)
+    rc, out, _ = cli(capsys, "cache", "list", "--cache-dir", c)
+    assert rc == 0 and "1 setting(s)" in out
+    rc, out, _ = cli(capsys, "cache", "prune", "--cache-dir", c, "--older-than", "0", "--dry-run")
+    assert rc == 0 and "would remove" in out
+    rc, out, _ = cli(capsys, "cache", "verify", "--cache-dir", c)
+    assert rc == 1 and f"DAMAGED {meta}" in out and "JSON object" in out
+    only(c, "c-*.safetensors").unlink()  # extraction then rewrites the meta
+    rc, out, _ = extract(capsys, root, c)
+    assert rc == 0 and "4 computed" in out
+    assert cli(capsys, "cache", "verify", "--cache-dir", c)[0] == 0
+
+
+@pytest.mark.timeout(60)  # used to block forever in open()
+@pytest.mark.parametrize("victim", ["c-*.safetensors", "index.json", "meta.json"])
+def test_fifo_in_place_of_a_cache_file_never_blocks_and_verify_names_it(cache, capsys, victim):
+    root, c = cache
+    p = only(c, victim)
+    p.unlink()
+    os.mkfifo(p)
+    rc, out, _ = cli(capsys, "cache", "verify", "--cache-dir", c)
+    assert rc == 1 and f"DAMAGED {p}: a FIFO" in out
+    assert cli(capsys, "cache", "list", "--cache-dir", c)[0] == 0
+    if victim == "meta.json":
+        only(c, "c-*.safetensors").unlink()  # the meta is only rewritten by a process that computes something
+    rc, out, _ = extract(capsys, root, c)
+    assert rc == 0 and "4 images" in out
+    assert p.is_file()  # replaced by the real file
+    assert cli(capsys, "cache", "verify", "--cache-dir", c)[0] == 0
+
+
+def test_prune_never_follows_a_symlinked_prefix_folder_out_of_the_cache(cache, tmp_path, capsys):
+    _, c = cache
+    outside = tmp_path / "outside" / "0123456789abcdef0123"  # hex-named: looks like a setting
+    outside.mkdir(parents=True)
+    (outside / "precious.txt").write_text("keep me")
+    (c / "features" / "zz").symlink_to(tmp_path / "outside")
+    rc, out, _ = cli(capsys, "cache", "prune", "--cache-dir", c, "--older-than", "0")
+    assert rc == 0 and "1 setting(s)" in out and "never followed" in out
+    assert (outside / "precious.txt").read_text() == "keep me"
+    assert not list((c / "features").glob("[0-9a-f][0-9a-f]/*"))  # the real setting is gone
+
+
+def test_symlinked_setting_folder_is_left_alone_and_prune_finishes(cache, tmp_path, capsys):
+    _, c = cache
+    real = only(c, "meta.json").parent
+    elsewhere = tmp_path / "elsewhere" / ("ab" + "0" * 30)
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "x.safetensors").write_bytes(b"not yours")
+    (c / "features" / "ab").mkdir()
+    (c / "features" / "ab" / elsewhere.name).symlink_to(elsewhere)
+    rc, out, _ = cli(capsys, "cache", "prune", "--cache-dir", c, "--older-than", "0")
+    assert rc == 0 and f"removed {real.name}" in out and "never followed" in out
+    assert not real.exists() and (elsewhere / "x.safetensors").read_bytes() == b"not yours"
+    rc, out, _ = cli(capsys, "cache", "verify", "--cache-dir", c)
+    assert rc == 0 and "never followed" in out
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--max-size", ""], "like 50GB"),
+                                            (["--older-than", "nan"], "number of days >= 0"),
+                                            (["--older-than", "inf"], "number of days >= 0")])
+def test_prune_options_that_would_silently_do_nothing_are_errors(cache, capsys, argv, fragment):
+    _, c = cache
+    rc, _, err = cli(capsys, "cache", "prune", "--cache-dir", c, *argv)
+    assert rc == 2 and fragment in err
+    assert only(c, "meta.json").exists()
+
+
+def test_non_empty_folder_in_place_of_a_chunk_names_it_and_the_fix(cache, capsys):
+    root, c = cache
+    chunk = only(c, "c-*.safetensors")
+    chunk.unlink()
+    chunk.mkdir()
+    (chunk / "junk").write_text("j")
+    rc, _, err = extract(capsys, root, c)
+    assert rc == 2 and str(chunk) in err and "rm -r" in err and "run the same command again" in err
+    rc, out, _ = cli(capsys, "cache", "verify", "--cache-dir", c)
+    assert rc == 1 and f"DAMAGED {chunk}: a folder" in out
+    shutil.rmtree(chunk)
+    assert extract(capsys, root, c)[0] == 0
+
+
+def test_oversized_manifest_is_refused_unread(tmp_path, monkeypatch):
+    from core.data import datasets
+
+    root = make_tree(tmp_path / "ds", {"d0": {"c": 1}, "d1": {"c": 1}})
+    csv = tmp_path / "ds" / "m.csv"
+    csv.write_text("path,domain,class\nd0/c/img_000.png,d0,c\nd1/c/img_000.png,d1,c\n")
+    assert len(datasets.read_manifest(csv).records) == 2
+    monkeypatch.setattr(datasets, "MAX_MANIFEST_BYTES", 16)
+    with pytest.raises(datasets.DatasetError, match="over the 16-byte limit"):
+        datasets.read_manifest(csv)
+    assert root.exists()

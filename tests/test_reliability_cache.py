@@ -158,3 +158,43 @@ def test_oversized_manifest_is_refused_unread(tmp_path, monkeypatch):
     with pytest.raises(datasets.DatasetError, match="over the 16-byte limit"):
         datasets.read_manifest(csv)
     assert root.exists()
+
+
+# ----------------------------------------------------------------------------------- CLI bounds
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tmp_path_factory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("tiny") / "ds", {"d0": {"a": 2, "b": 2}, "d1": {"a": 2, "b": 2}})
+
+
+@pytest.mark.parametrize("cmd", ["filmstrip", "cka", "extract"])
+@pytest.mark.parametrize("ts", ["-1,50", "50,1000"])
+def test_out_of_range_timesteps_are_refused_alike_by_every_command(tiny_ds, tmp_path, capsys, cmd, ts):
+    out = [] if cmd == "extract" else ["--out", tmp_path / "out"]
+    rc, _, err = cli(capsys, cmd, "--model", "domainlens-tiny", "--dataset", tiny_ds, f"--timesteps={ts}",
+                     "--no-progress", *out)
+    bad = ts.split(",")[0 if ts.startswith("-") else 1]
+    assert rc == 2 and f"must be in [0, 999] for this scheduler, got {bad}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_timestep_count_and_noise_seeds_are_bounded_with_the_cost(tiny_ds, tmp_path, capsys):
+    many = ",".join(map(str, range(10_000)))
+    for cmd in ("filmstrip", "cka", "extract", "sweep"):
+        rc, _, err = cli(capsys, cmd, "--model", "pixels", "--timesteps", many, "--out", tmp_path / "o")
+        assert rc == 2 and "number of timesteps must be <= 64, got 10,000" in err and "model pass" in err
+    rc, _, err = cli(capsys, "stability", "--model", "domainlens-tiny", "--dataset", tiny_ds, "--noise-seeds",
+                     "100000", "--out", tmp_path / "o", "--no-progress")
+    assert rc == 2 and "`noise_seeds` must be <= 100, got 100,000" in err and "extraction of every image" in err
+    rc, _, err = cli(capsys, "cka", "--model", "domainlens-tiny", "--dataset", tiny_ds, "--max-dim", "-5",
+                     "--out", tmp_path / "o", "--no-progress")
+    assert rc == 2 and "--max-dim must be 0 (exact) or a number of principal components >= 1, got -5" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_multi_pass_command_says_its_cost_before_starting(tiny_ds, tmp_path, capsys):
+    rc, out, err = cli(capsys, "cka", "--model", "domainlens-tiny", "--dataset", tiny_ds, "--timesteps", "10,50",
+                       "--blocks", "mid_block", "--out", tmp_path / "o", "--no-progress")
+    assert rc == 0 and "cka: 2 timestep(s) = 2 model pass(es) over every image" in err
+    assert (tmp_path / "o" / "cka.csv").exists()

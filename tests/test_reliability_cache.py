@@ -256,3 +256,40 @@ def test_control_characters_in_a_prompt_are_refused_with_the_position(tmp_path, 
                        "--no-progress")
     assert rc == 2 and code in err and "\x1b" not in err + out
     assert PromptSpec.parse(None, "a photo of a {class}, naïve café").mode == "template"  # plain unicode is fine
+
+
+# ------------------------------------------------------------------------------ tiny datasets, scores
+
+
+def test_one_class_nmi_is_undefined_and_one_image_per_domain_is_a_clear_error(tmp_path, capsys):
+    one_class = make_tree(tmp_path / "onecls", {"d0": {"c": 3}, "d1": {"c": 3}})
+    rc, out, err = cli(capsys, "sweep", "--dataset", one_class, "--model", "pixels", "--json", "--no-progress")
+    import json
+
+    (row,) = json.loads(out)
+    assert rc == 0 and row["class_nmi"] is None and row["domain_nmi"] is not None  # NaN: JSON null, not 0.0
+    from core.analysis.scorable import undefined_reason
+
+    assert "undefined" in undefined_reason(1) and undefined_reason(2) is None
+    one_each = make_tree(tmp_path / "oneimg", {"d0": {"a": 1}, "d1": {"b": 1}, "d2": {"a": 1}})
+    rc, _, err = cli(capsys, "report", "--datasets", one_each, "--models", "pixels", "--noise-seeds", "none",
+                     "--out", tmp_path / "r.md", "--no-progress")
+    assert rc == 2 and "too few images per domain" in err and "--max-per-domain 2" in err
+    assert "Valid values are" not in err
+
+
+def test_explore_with_two_images_per_domain_shows_layout_scores_and_says_why_no_faithfulness(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = make_tree(tmp_path / "tiny", {"d0": {"a": 1, "b": 1}, "d1": {"a": 1, "b": 1}})
+    monkeypatch.setenv("DOMAINLENS_DEFAULT_MODEL", "pixels")
+    monkeypatch.setenv("DOMAINLENS_MAX_PER_DOMAIN", "2")
+    monkeypatch.setenv("DOMAINLENS_DATA_ROOTS", str(tmp_path))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+    at.session_state["dataset"] = "Folder or CSV manifest…"
+    at.run()
+    at.sidebar.text_input(key="dataset_path").input(str(root)).run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Layout trustworthiness"] == "—" and shown["Domain NMI"].startswith("1.000")
+    assert "4 images" in " ".join(c.value for c in at.caption)

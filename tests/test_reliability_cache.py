@@ -13,11 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-
-from test_datasets import make_tree  # noqa: E402
+from test_datasets import make_tree
 
 from core.cli import main as cli_main
 
@@ -195,7 +192,7 @@ def test_timestep_count_and_noise_seeds_are_bounded_with_the_cost(tiny_ds, tmp_p
 
 
 def test_multi_pass_command_says_its_cost_before_starting(tiny_ds, tmp_path, capsys):
-    rc, out, err = cli(capsys, "cka", "--model", "domainlens-tiny", "--dataset", tiny_ds, "--timesteps", "10,50",
+    rc, _, err = cli(capsys, "cka", "--model", "domainlens-tiny", "--dataset", tiny_ds, "--timesteps", "10,50",
                        "--blocks", "mid_block", "--out", tmp_path / "o", "--no-progress")
     assert rc == 0 and "cka: 2 timestep(s) = 2 model pass(es) over every image" in err
     assert (tmp_path / "o" / "cka.csv").exists()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import fields, replace
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def check_scorable(domain_labels: Sequence[Any]) -> None:

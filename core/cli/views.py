@@ -226,7 +226,7 @@ def cmd_cka(args) -> int:
 
     n = len(args.timesteps or [50]) if model.uses_timestep else 1
     say_cost("cka", n * (2 if args.other_model else 1),
-             f"{n} timestep(s)" + (f" x 2 models" if args.other_model else ""))
+             f"{n} timestep(s)" + (" x 2 models" if args.other_model else ""))
     update, close = _progress(args, "cka")
     try:
         layers, ids = model_layers(cfg, blocks, args.timesteps or [50], model=model, batch_size=args.batch_size,

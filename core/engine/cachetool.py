@@ -16,11 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.engine.cache import FeatureCache, safe_load_npz
-from core.engine.store import CacheError, INDEX_NAME, MAX_INDEX, DamagedChunk, DamagedIndex, file_stat, read_chunk, read_index
+from core.engine.store import (
+    INDEX_NAME,
+    MAX_INDEX,
+    CacheError,
+    DamagedChunk,
+    DamagedIndex,
+    file_stat,
+    read_chunk,
+    read_index,
+)
 from core.safeio import UnsafeFileError, read_json_object, read_small_file
 
 _KEY = re.compile(r"[0-9a-f]{16,64}")
 MAX_META = 1 << 20  # bytes; a real meta.json is ~1 KB
+LINK_NOTE = ("a symbolic link, not a folder of the cache: never followed (list, verify and prune ignore it; remove "
+             "the link if it is not yours)")
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
           "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
@@ -72,9 +83,13 @@ def _kind(mode: int) -> str:
 def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """(regular files, [(other entry, what it is)]) under ``folder``: links are never followed, so a link,
     FIFO or device inside a setting is reported, never read, sized or descended into."""
-    files, odd = [], []
-    for top, dirs, names in os.walk(folder, followlinks=False, onerror=lambda e: odd.append(
-            (Path(e.filename or folder), f"unreadable ({e.strerror})"))):
+    files: list[Path] = []
+    odd: list[tuple[Path, str]] = []
+
+    def unreadable(e: OSError) -> None:
+        odd.append((Path(e.filename or folder), f"unreadable ({e.strerror})"))
+
+    for top, dirs, names in os.walk(folder, followlinks=False, onerror=unreadable):
         links = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # listed in dirs, never descended
         real = [d for d in dirs if d not in links]
         keep = [d for d in real if top == str(folder) and d.startswith("L-")]
@@ -107,8 +122,7 @@ def _subdirs(folder: Path, skipped: list) -> list[Path]:
         except OSError:
             continue
         if stat.S_ISLNK(mode):
-            skipped.append((p, "a symbolic link, not a folder of the cache: never followed (list, verify and prune "
-                               "ignore it; remove the link if it is not yours)"))
+            skipped.append((p, LINK_NOTE))
         elif stat.S_ISDIR(mode):
             out.append(p)
     return out
@@ -160,11 +174,11 @@ def verify_entry(e: Entry, notes: list | None = None) -> list[tuple[Path, str]]:
     """(file, problem) for every chunk file of a setting that fails to read or fails its checksum, and every layer
     index that is unreadable or disagrees with a chunk file it vouches for. A merely stale index (a chunk
     rewritten after it) is harmless, it is rebuilt on the next read: it goes to ``notes``."""
-    bad = [(p, f"{what}, not a regular file: the cache never reads it; remove it (`rm -r '{p}'`), the setting's "
-                "files are recomputed when next used") for p, what in e.odd]
+    bad = [(p, (f"{what}, not a regular file: the cache never reads it; remove it (`rm -r '{p}'`), the setting's "
+                "files are recomputed when next used")) for p, what in e.odd]
     if e.meta_error:
-        bad.append((e.path / "meta.json", f"{e.meta_error} (harmless for the features: it is rewritten when the "
-                                          "setting is next computed; delete it)"))
+        bad.append((e.path / "meta.json", (f"{e.meta_error} (harmless for the features: it is rewritten when the "
+                                           "setting is next computed; delete it)")))
     headers = {}
     for p in sorted(e.files):
         if p.name.startswith(".tmp-"):

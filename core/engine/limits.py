@@ -21,13 +21,16 @@ BOUNDS = {
     "batch_size": (1, MAX_BATCH_SIZE, "a batch is held in memory at once; larger batches are not faster"),
     "ensemble": (1, MAX_ENSEMBLE, "each noise draw is one more UNet pass per image"),
     "n_seeds": (1, MAX_SEEDS, "each k-means seed refits the clustering; 5 is the default"),
+}
+# the research views' counts (issue 18): each is more model passes or refits, so each is bounded with the cost
+BOUNDS.update({
     "timesteps": (1, 64, ("each timestep is one more model pass over every image (and, for CKA, one more row and "
                           "column of the layer grid); the defaults use 1 to 9")),
     "noise_seeds": (1, MAX_SEEDS, ("each noise seed is one more extraction of every image (a model pass over the "
                                    "dataset); the default is 5")),
     "kmeans_seeds": (1, MAX_SEEDS, "each k-means seed refits the clustering; the default is 10"),
     "bootstraps": (0, 1000, "each bootstrap refits the clustering on a resample; the default is 20"),
-}
+})
 
 
 def check_size(name: str, value: int | None) -> None:

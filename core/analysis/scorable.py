@@ -1,5 +1,6 @@
 """What the scores can say about a given set of labels, checked where the scores are computed
-(:func:`core.analysis.sweep.cached_scores`, which the sweep, the report, Explore and the views all use).
+(:func:`defined_scores` decorates :func:`core.analysis.sweep.cached_scores`, which the sweep, the report,
+Explore and the views all use).
 
 * **Too few images per domain** is an error with the reason and the fix, before any clustering: when no
   domain holds two images (every image its own domain), k-means with K = number of domains puts each image in
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import fields, replace
@@ -49,3 +51,15 @@ def mark_undefined(scores, domain_labels: Sequence[Any], class_labels: Sequence[
             nan.update({f.name: math.nan for f in fields(scores)
                         if f.name.startswith(prefix) and isinstance(getattr(scores, f.name), float)})
     return replace(scores, **nan) if nan else scores
+
+
+def defined_scores(fn):
+    """Decorate a scoring function ``fn(fs, ...) -> Scores`` of a :class:`core.engine.extract.FeatureSet`:
+    :func:`check_scorable` before it runs, :func:`mark_undefined` on what it returns (fresh or cached)."""
+
+    @functools.wraps(fn)
+    def wrapper(fs, *args, **kwargs):
+        check_scorable(fs.domain_labels)
+        return mark_undefined(fn(fs, *args, **kwargs), fs.domain_labels, fs.class_labels)
+
+    return wrapper

@@ -17,9 +17,9 @@ from core.engine.cache import FeatureCache, stable_hash
 from core.engine.extract import ExtractionConfig, FeatureSet, get_features
 from core.engine.prompts import PromptSpec
 from core.analysis.metrics import Scores, score_features
-from core.analysis.scorable import check_scorable, mark_undefined
 from core.backbones.base import Backbone
 from core.backbones.registry import load_backbone
+from core.analysis.scorable import defined_scores
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +27,20 @@ COLUMNS = ["block", "timestep", "prompt", "domain_nmi", "domain_nmi_std", "class
            "domain_probe_acc", "n_images"]
 
 
+@defined_scores  # too few images per domain: a clear error first; one class (domain): its NMI is nan, not 0
 def cached_scores(fs: FeatureSet, block: str, n_seeds: int = 5, probe: bool = True,
                   cache: FeatureCache | None = None) -> Scores:
     """:func:`core.analysis.metrics.score_features` for one block of a feature set, cached on disk."""
-    check_scorable(fs.domain_labels)  # too few images per domain: the reason and the fix, not scikit-learn's
     cache = cache or FeatureCache()
     key = stable_hash({"features": fs.cache_key, "block": block, "n_seeds": n_seeds, "probe": probe,
                        "n": len(fs.ids), "v": 3}, 32)  # the key fixes the images (selection + content)
     hit = cache.load_result("scores", key)
     if hit is not None:
-        return mark_undefined(Scores(**{k: (int(v) if k in ("n_images", "kmeans_fit_points", "probe_points")
-                                            else float(v)) for k, v in hit.items()}), fs.domain_labels, fs.class_labels)
+        return Scores(**{k: (int(v) if k in ("n_images", "kmeans_fit_points", "probe_points") else float(v))
+                         for k, v in hit.items()})
     s = score_features(fs.features[block], fs.domain_labels, fs.class_labels, n_seeds=n_seeds, probe=probe)
     cache.save_result("scores", key, {k: np.array(v) for k, v in s.to_dict().items()})
-    return mark_undefined(s, fs.domain_labels, fs.class_labels)  # one class / domain: NMI undefined (nan), not 0
+    return s
 
 
 def run_sweep(

@@ -156,11 +156,12 @@ def _common_opts(args) -> dict:
 
 
 def _write(out: Path, spec: dict, tables: dict, fig=None, name: str = "figure") -> None:
-    from core.csvsafe import to_csv
+    from core.csvsafe import safe_frame
 
+    tables = {fname: safe_frame(df) for fname, df in tables.items()}  # CSV injection neutralised (core.csvsafe)
     out.mkdir(parents=True, exist_ok=True)
     for fname, df in tables.items():
-        to_csv(df, out / f"{fname}.csv", index=False, float_format="%.6g")
+        df.to_csv(out / f"{fname}.csv", index=False, float_format="%.6g")
     if fig is not None:
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
     (out / "config.json").write_text(json.dumps(spec, indent=2))
@@ -216,12 +217,12 @@ def cmd_cka(args) -> int:
     from core.analysis.prompt_audit import load
     from core.figures.views import cka_heatmap
 
+    if args.max_dim is not None and args.max_dim < 0:  # before the model loads
+        raise ValueError(f"--max-dim must be 0 (exact) or a number of principal components >= 1, got {args.max_dim}")
     model = load(args.model, args.device)
     _check_timesteps(args, model)
     blocks = None if args.blocks in (None, "all") else [b.strip() for b in args.blocks.split(",")]
     cfg = _config(args, (args.timesteps or [50])[0])
-    if args.max_dim is not None and args.max_dim < 0:
-        raise ValueError(f"--max-dim must be 0 (exact) or a number of principal components >= 1, got {args.max_dim}")
     from core.cli import say_cost
 
     n = len(args.timesteps or [50]) if model.uses_timestep else 1
@@ -266,18 +267,18 @@ def cmd_stability(args) -> int:
     from core.analysis.prompt_audit import load
     from core.analysis.stability import spread_sentence, stability
     from core.figures.views import stability_figure
+    from core.engine.limits import check_size
 
+    for name in ("noise_seeds", "kmeans_seeds", "bootstraps"):  # bounded with the reason, before the model loads
+        check_size(name, getattr(args, name))
+    for e in args.ensembles:
+        check_size("ensemble", e)
     model = load(args.model, args.device)
     _check_timesteps(args, model)
     block = args.block or model.default_block
     cfg = _config(args, (args.timesteps or [50])[0])
     from core.cli import say_cost
-    from core.engine.limits import check_size
 
-    for name in ("noise_seeds", "kmeans_seeds", "bootstraps"):  # bounded with the reason, before anything runs
-        check_size(name, getattr(args, name))
-    for e in args.ensembles:
-        check_size("ensemble", e)
     if model.uses_timestep:
         say_cost("stability", args.noise_seeds + sum(args.ensembles),
                  f"{args.noise_seeds} noise seed(s) + ensembles {','.join(map(str, args.ensembles))}")

@@ -42,10 +42,10 @@ class PromptSpec:
     def __post_init__(self):
         if self.mode not in ("empty", "template", "custom", "per-class"):
             raise ExtractionError(f"prompt mode must be empty, template, custom or per-class, got {self.mode!r}")
-        check_prompt_text(self.text)
         if self.mode == "template" and "{class}" not in self.text and "{domain}" not in self.text:
             raise ExtractionError(f"a template must contain {{class}} or {{domain}}, e.g. 'a photo of a {{class}}'; "
                                   f"got {self.text!r}")
+        check_prompt_text(self.text)
         if self.mode == "per-class":
             self.table()
 

@@ -178,12 +178,6 @@ def cmd_filmstrip(args) -> int:
     model = load(args.model, args.device)
     _check_timesteps(args, model)
     red = ReductionConfig(method=args.reducer, random_state=args.seed)
-    if args.mode == "timestep" and model.uses_timestep:
-        from core.analysis.filmstrip import DEFAULT_TIMESTEPS, clip_timesteps
-        from core.cli import say_cost
-
-        n = len(args.timesteps or clip_timesteps(DEFAULT_TIMESTEPS, model.num_train_timesteps))
-        say_cost("filmstrip", n, f"{n} timestep(s)")
     update, close = _progress(args, "filmstrip")
     try:
         if args.mode == "timestep":

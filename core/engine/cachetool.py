@@ -144,9 +144,10 @@ def entries(cache: FeatureCache, skipped: list | None = None) -> list[Entry]:
     out = []
     skipped = [] if skipped is None else skipped
     base = cache.root / "features"
-    if base.is_symlink() or not base.is_dir():
-        if base.is_symlink():
-            _subdirs(cache.root, skipped)
+    if base.is_symlink():
+        skipped.append((base, LINK_NOTE))
+        return out
+    if not base.is_dir():
         return out
     for pre in _subdirs(base, skipped):
         for d in _subdirs(pre, skipped):

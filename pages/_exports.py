@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures
+from core.csvsafe import to_csv
 from core.engine.extract import ExtractionConfig
 from core.analysis.metrics import Scores
 from core.analysis.reduce import ReductionConfig
@@ -82,7 +83,7 @@ def export_panel(stem: str, *, figs: dict[str, Any] | None = None, tables: dict[
             if png_export_available():
                 buttons.append((f"{name} (PNG)", lambda fig=fig: figures.figure_png(fig), f"{stem}-{name}.png".replace(" ", "_"), "image/png"))
         for name, df in (tables or {}).items():
-            buttons.append((f"{name} (CSV)", df.to_csv(index=False, float_format="%.6g"), f"{stem}-{name}.csv".replace(" ", "_"), "text/csv"))
+            buttons.append((f"{name} (CSV)", csv_text(df), f"{stem}-{name}.csv".replace(" ", "_"), "text/csv"))
         for name, (data, mime) in (files or {}).items():
             buttons.append((name, data, f"{stem}-{name}".replace(" ", "_"), mime))
         if spec is not None:
@@ -94,6 +95,11 @@ def export_panel(stem: str, *, figs: dict[str, Any] | None = None, tables: dict[
         if spec is not None:
             st.caption("Reproduce the numbers from the command line:")
             st.code(spec["cli"], language="bash")
+
+
+def csv_text(df: pd.DataFrame) -> str:
+    """A table as a downloadable CSV, formula cells neutralised (:mod:`core.csvsafe`, as every CSV the CLI writes)."""
+    return to_csv(df, index=False, float_format="%.6g")
 
 
 def npy_bytes(a: np.ndarray) -> bytes:

@@ -140,6 +140,11 @@ def image_grid(fs, rows: Sequence[int], limit: int = 48, size: int = 96, contain
 def faithfulness_metrics(f, container: Any = st) -> None:
     """Trustworthiness and the k-NN domain accuracy in 2-D vs the full features, as two ``st.metric``s."""
     slots = list(container) if isinstance(container, (list, tuple)) else [container] * 2
+    if f.k == 0:  # core.analysis.faithfulness.not_judged: too few images to judge a layout
+        why = f"needs at least 6 images; this layout has {f.n_images} (add images or raise the images per domain)"
+        slots[0].metric("Layout trustworthiness", "—", help=f"Not judged: {why}.")
+        slots[1].metric("k-NN domain accuracy, 2-D", "—", help=f"Not judged: {why}.")
+        return
     sample = f" (on a random {f.n_trust:,} of the {f.n_images:,} images)" if f.n_trust < f.n_images else ""
     slots[0].metric("Layout trustworthiness", f"{f.trustworthiness:.3f}",
                     help=f"scikit-learn's trustworthiness with k = {f.k}{sample}: 1 when each image's nearest "

@@ -306,8 +306,8 @@ def test_filmstrip_page_matches_core(app, tiny_sd_dir, tiny_model):
     at = app.switch_page("pages/filmstrip.py").run()
     _clean(at)
     ref = timestep_strip(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N),
-                         "up_blocks.1", [0, 50, 5000], model=tiny_model)
-    assert ref.values == [0, 50, 999]  # clipped to the model's range
+                         "up_blocks.1", [999, 0, 50], model=tiny_model)
+    assert ref.values == [0, 50, 999]  # sorted (out-of-range timesteps are refused: tests/test_reliability_cache.py)
     (fig,) = _charts(at)
     assert len(fig.frames) == 3
     np.testing.assert_allclose(frame_positions(fig, 2), ref.embeddings[2], rtol=1e-4, atol=1e-5)

@@ -202,6 +202,8 @@ def cka_matrix(layers: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray
     """
     if not layers:
         raise CKAError("no layers given")
+    if max_dim is not None and (isinstance(max_dim, bool) or int(max_dim) != max_dim or max_dim < 0):
+        raise CKAError(f"max_dim must be 0 / None (exact) or a number of principal components >= 1, got {max_dim!r}")
     rows = list(layers)
     cols = list(others) if others is not None else rows
     src = {**{("a", k): v for k, v in layers.items()}, **{("b", k): v for k, v in (others or {}).items()}}
@@ -306,7 +308,12 @@ def model_layers(config, blocks=None, timesteps=None, *, model=None, device: str
 
     model = model or load(config.model, device)
     blocks = list(model.blocks) if blocks in (None, "all") else list(blocks)
-    ts = [int(t) for t in (timesteps or [config.timestep])] if model.uses_timestep else [None]
+    if model.uses_timestep:
+        from core.engine.limits import check_timesteps
+
+        ts = check_timesteps(model, timesteps or [config.timestep])
+    else:
+        ts = [None]
     out: dict[str, np.ndarray] = {}
     ids = None
     for i, t in enumerate(ts):

@@ -90,10 +90,16 @@ def explore_faithfulness(fs: FeatureSet, block: str, embedding: np.ndarray, k: i
     """:func:`core.analysis.faithfulness.layout_faithfulness` of a block's layout (coloured by domain), cached
     under the features' cache key (which fixes the images, their domains and the feature values) and the
     layout's digest, so a warm call reads no features (``cached_faithfulness`` hashes the whole feature array:
-    a full layer read on every slider move)."""
+    a full layer read on every slider move). Fewer than ``MIN_POINTS`` (6) placed images: not judged
+    (:func:`core.analysis.faithfulness.not_judged`: NaN, ``k = 0``), never an error."""
     from core.analysis.faithfulness import DEFAULT_K, KNN_MAX_POINTS, TRUST_MAX_POINTS, from_arrays, layout_faithfulness
     from core.analysis.reduce import features_digest
 
+    from core.analysis.faithfulness import MIN_POINTS, not_judged
+
+    placed = int(np.isfinite(np.asarray(embedding, dtype=np.float64)).all(axis=1).sum())
+    if placed < MIN_POINTS:  # a tiny dataset: the layout is shown, its faithfulness is not judged (k = 0)
+        return not_judged(placed)
     k = DEFAULT_K if k is None else k
     cache = cache or FeatureCache()
     key = stable_hash({"features": fs.cache_key, "block": block, "n": len(fs.ids), "layout": features_digest(embedding),

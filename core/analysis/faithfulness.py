@@ -90,8 +90,8 @@ def layout_faithfulness(features: np.ndarray, embedding: np.ndarray, labels, k: 
     if not np.isfinite(X).all():
         raise ValueError("features contain NaN or inf; recompute them in float32")
     n = len(X)
-    if n < 6:
-        raise ValueError(f"need at least 6 placed images to judge a layout, got {n}")
+    if n < MIN_POINTS:
+        raise ValueError(f"need at least {MIN_POINTS} placed images to judge a layout, got {n}")
     rng = np.random.default_rng(random_state)
     kn = np.arange(n) if n <= max_knn_points else np.sort(rng.choice(n, max_knn_points, replace=False))
     idx = np.arange(n)
@@ -103,6 +103,16 @@ def layout_faithfulness(features: np.ndarray, embedding: np.ndarray, labels, k: 
     return Faithfulness(trustworthiness=trust, knn_acc_2d=knn_accuracy(E[kn], y[kn], kk),
                         knn_acc_full=knn_accuracy(X[kn], y[kn], kk), k=kk, n_trust=int(len(idx)), n_images=int(n),
                         chance=float(np.bincount(y).max() / n), n_knn=int(len(kn)))
+
+
+MIN_POINTS = 6  # fewer placed images: trustworthiness (k < n / 2) and a k-NN vote have too few neighbours
+
+
+def not_judged(n_images: int) -> Faithfulness:
+    """The answer for a layout of fewer than :data:`MIN_POINTS` placed images: nothing judged (NaN, ``k = 0``),
+    so a view of a tiny dataset still shows its layout and scores (Explore says why there is no number)."""
+    nan = float("nan")
+    return Faithfulness(nan, nan, nan, k=0, n_trust=0, n_images=int(n_images), chance=nan, n_knn=0)
 
 
 def from_arrays(hit: dict) -> Faithfulness:

@@ -133,7 +133,7 @@ def timestep_strip(config: ExtractionConfig, block: str, timesteps: Sequence[int
                    batch_size: int = 32, cache_dir: str | None = None, n_seeds: int = 5,
                    progress: Callable[[int, int], None] | None = None, dataset=None) -> Strip:
     """One frame per timestep at ``block`` (default timesteps :data:`DEFAULT_TIMESTEPS`, clipped to the
-    model's range). Every block is extracted in each pass, so a later block strip costs nothing."""
+    model's range; given timesteps outside it are refused, as everywhere else). Every block is extracted in each pass, so a later block strip costs nothing."""
     from core.analysis.sweep import cached_scores
     from core.analysis.prompt_audit import load as load_model
     from core.data.datasets import load_dataset
@@ -145,7 +145,14 @@ def timestep_strip(config: ExtractionConfig, block: str, timesteps: Sequence[int
     if not model.uses_timestep:
         raise ValueError(f"model {config.model!r} has no timestep (a baseline); use a diffusion model for a "
                          "timestep strip, or walk its blocks instead")
-    ts = clip_timesteps(timesteps, model.num_train_timesteps)
+    if timesteps is None:  # the defaults fit the model's range; given timesteps are checked, never clipped
+        ts = clip_timesteps(None, model.num_train_timesteps)
+    else:
+        from core.engine.limits import check_timesteps
+
+        ts = sorted(set(check_timesteps(model, timesteps)))
+        if not ts:
+            raise ValueError("give at least one timestep")
     dataset = dataset or load_dataset(config.dataset)
     cache = FeatureCache(cache_dir)
     feats, scores, first = [], [], None

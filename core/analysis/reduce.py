@@ -82,7 +82,7 @@ def reduce(features: np.ndarray, config: ReductionConfig = ReductionConfig()) ->
     X = np.asarray(features, dtype=np.float32)
     n = len(X)
     if n < 3:
-        raise ValueError(f"need at least 3 points to reduce, got {n}")
+        raise ValueError(f"a 2-D layout needs at least 3 images, got {n}: add images or raise the images per domain")
     if config.method == "pca":
         out = _pca(X, config.n_components, config.random_state)
         if out.shape[1] < config.n_components:  # fewer features than components

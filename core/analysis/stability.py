@@ -150,6 +150,11 @@ def stability(config: ExtractionConfig, block: str, *, noise_seeds: int = 5,
     n_init = DEFAULT_N_INIT if n_init is None else int(n_init)
     if noise_seeds < 1 or kmeans_seeds < 1 or bootstraps < 0 or not ensembles or min(ensembles) < 1:
         raise ValueError("noise_seeds and kmeans_seeds must be >= 1, bootstraps >= 0 and ensemble sizes >= 1")
+    from core.engine.limits import check_size
+
+    for name, value in (("noise_seeds", noise_seeds), ("kmeans_seeds", kmeans_seeds), ("bootstraps", bootstraps),
+                        *(("ensemble", e) for e in ensembles)):
+        check_size(name, value)  # bounded with the reason (each is more model passes or refits), before any work
     if model is None:
         from core.analysis.prompt_audit import load
 

@@ -19,6 +19,7 @@ from core.engine.prompts import PromptSpec
 from core.analysis.metrics import DEFAULT_N_INIT, Scores, score_features
 from core.backbones.base import Backbone
 from core.backbones.registry import load_backbone
+from core.analysis.scorable import defined_scores
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ STAT_COLUMNS = ["domain_nmi_lo", "domain_nmi_hi", "domain_ami", "domain_ami_std"
                 "class_within_chance", "n_init"]
 
 
+@defined_scores  # too few images per domain: a clear error first; one class (domain): its NMI is nan, not 0
 def cached_scores(fs: FeatureSet, block: str, n_seeds: int = 5, probe: bool = True,
                   cache: FeatureCache | None = None, n_init: int = DEFAULT_N_INIT, n_boot: int | None = None
                   ) -> Scores:

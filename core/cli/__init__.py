@@ -36,7 +36,27 @@ def _parse_timesteps(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"timesteps must be integers separated by commas, got {s!r}") from None
     if not out:
         raise argparse.ArgumentTypeError("give at least one timestep")
+    from core.engine.limits import check_size
+
+    try:  # the count is bounded here, before anything loads; each value is checked against the model's range
+        check_size("timesteps", len(out))  # by core.engine.limits.check_timesteps once the model is known
+    except ExtractionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return out
+
+
+def check_timesteps(args, model) -> list[int]:
+    """``--timesteps`` (default 50) checked against ``model`` by the one validator every command uses
+    (:func:`core.engine.limits.check_timesteps`): out-of-range values are refused, never clipped."""
+    from core.engine.limits import check_timesteps as check
+
+    return check(model, _timesteps(args))
+
+
+def say_cost(command: str, passes: int, what: str) -> None:
+    """One line on stderr, before a multi-pass command starts: how many model passes over the images it needs."""
+    print(f"{command}: {what} = {passes:,} model pass(es) over every image (settings already in the cache cost "
+          "nothing)", file=sys.stderr, flush=True)
 
 
 def _check_output(path: str, flag: str) -> None:
@@ -284,6 +304,7 @@ def cmd_extract(args) -> int:
         raise ValueError("--export needs every shard's features: run `extract --export ...` without --shard once "
                          "all shards are done (it reads them from the cache)")
     model = load_backbone(args.model, device_for(split, args.device), args.dtype)
+    check_timesteps(args, model)
     if split.is_main:
         _print_ignored(model, args)
     workers = args.workers
@@ -353,6 +374,7 @@ def cmd_sweep(args) -> int:
     from core.backbones.registry import load_backbone
 
     model = load_backbone(args.model, args.device, args.dtype)
+    check_timesteps(args, model)
     _print_ignored(model, args)
     update, close = _progress(not args.no_progress, "sweep")
     try:
@@ -363,7 +385,9 @@ def cmd_sweep(args) -> int:
     finally:
         close()
     if args.out:
-        _write_atomic(args.out, lambda f: f.write(df.to_csv(index=False, float_format="%.4f").encode()))
+        from core.csvsafe import to_csv
+
+        _write_atomic(args.out, lambda f: f.write(to_csv(df, index=False, float_format="%.4f").encode()))
     if args.json:
         print(df.to_json(orient="records", indent=1))
     else:
@@ -482,7 +506,9 @@ def cmd_dg(args) -> int:
         close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ranking.to_csv(out, index=False, float_format="%.4f")
+    from core.csvsafe import to_csv
+
+    to_csv(ranking, out, index=False, float_format="%.4f")
     top = mean_rows(ranking).iloc[0]
     t = None if pd.isna(top["timestep"]) else int(top["timestep"])
     best = results[(top["model"], top["block"], t)]

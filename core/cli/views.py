@@ -126,6 +126,14 @@ def _add_view13_parsers(sub, add_extraction_args) -> None:
     w.add_argument("--out", required=True, help="output folder")
 
 
+def _check_timesteps(args, model) -> None:
+    """Given ``--timesteps`` checked against the model by the one validator of every command (never clipped)."""
+    from core.engine.limits import check_timesteps
+
+    if args.timesteps is not None:
+        check_timesteps(model, args.timesteps)
+
+
 def _config(args, timestep: int):
     from core.engine.extract import ExtractionConfig, PromptSpec
 
@@ -152,6 +160,9 @@ def _common_opts(args) -> dict:
 
 
 def _write(out: Path, spec: dict, tables: dict, fig=None, name: str = "figure") -> None:
+    from core.csvsafe import safe_frame
+
+    tables = {fname: safe_frame(df) for fname, df in tables.items()}  # CSV injection neutralised (core.csvsafe)
     out.mkdir(parents=True, exist_ok=True)
     for fname, df in tables.items():
         df.to_csv(out / f"{fname}.csv", index=False, float_format="%.6g")
@@ -169,6 +180,7 @@ def cmd_filmstrip(args) -> int:
     from core.figures.views import strip_figure
 
     model = load(args.model, args.device)
+    _check_timesteps(args, model)
     red = ReductionConfig(method=args.reducer, random_state=args.seed)
     update, close = _progress(args, "filmstrip")
     try:
@@ -203,9 +215,17 @@ def cmd_cka(args) -> int:
     from core.analysis.prompt_audit import load
     from core.figures.views import cka_heatmap
 
+    if args.max_dim is not None and args.max_dim < 0:  # before the model loads
+        raise ValueError(f"--max-dim must be 0 (exact) or a number of principal components >= 1, got {args.max_dim}")
     model = load(args.model, args.device)
+    _check_timesteps(args, model)
     blocks = None if args.blocks in (None, "all") else [b.strip() for b in args.blocks.split(",")]
     cfg = _config(args, (args.timesteps or [50])[0])
+    from core.cli import say_cost
+
+    n = len(args.timesteps or [50]) if model.uses_timestep else 1
+    say_cost("cka", n * (2 if args.other_model else 1),
+             f"{n} timestep(s)" + (" x 2 models" if args.other_model else ""))
     update, close = _progress(args, "cka")
     try:
         layers, ids = model_layers(cfg, blocks, args.timesteps or [50], model=model, batch_size=args.batch_size,
@@ -245,10 +265,21 @@ def cmd_stability(args) -> int:
     from core.analysis.prompt_audit import load
     from core.analysis.stability import spread_sentence, stability
     from core.figures.views import stability_figure
+    from core.engine.limits import check_size
 
+    for name in ("noise_seeds", "kmeans_seeds", "bootstraps"):  # bounded with the reason, before the model loads
+        check_size(name, getattr(args, name))
+    for e in args.ensembles:
+        check_size("ensemble", e)
     model = load(args.model, args.device)
+    _check_timesteps(args, model)
     block = args.block or model.default_block
     cfg = _config(args, (args.timesteps or [50])[0])
+    from core.cli import say_cost
+
+    if model.uses_timestep:
+        say_cost("stability", args.noise_seeds + sum(args.ensembles),
+                 f"{args.noise_seeds} noise seed(s) + ensembles {','.join(map(str, args.ensembles))}")
     update, close = _progress(args, "stability")
     try:
         st = stability(cfg, block, noise_seeds=args.noise_seeds, ensembles=args.ensembles,
@@ -274,6 +305,7 @@ def cmd_prompt_audit(args) -> int:
     from core.figures.views import prompt_audit_figure
 
     model = load(args.model, args.device)
+    _check_timesteps(args, model)
     cfg = _config(args, (args.timesteps or [50])[0])
     update, close = _progress(args, "prompt audit")
     try:
@@ -308,6 +340,7 @@ def cmd_faithfulness(args) -> int:
     from core.engine.cache import FeatureCache
 
     model = load(args.model, args.device)
+    _check_timesteps(args, model)
     block = args.block or model.default_block
     t = (args.timesteps or [50])[0]
     cfg = _config(args, t)
@@ -359,6 +392,7 @@ def cmd_spatial(args) -> int:
     from core.engine.extract import select_images
 
     model = load(args.model, args.device)
+    _check_timesteps(args, model)
     block = args.block or model.default_block
     t = (args.timesteps or [50])[0]
     cfg = _config(args, t)
@@ -425,6 +459,11 @@ def cmd_what_moved(args) -> int:
 
     model_a = load(args.model, args.device)
     model_b = model_a if args.model_b in (None, args.model) else load(args.model_b, args.device)
+    _check_timesteps(args, model_a)
+    if args.timestep_b is not None:
+        from core.engine.limits import check_timesteps
+
+        check_timesteps(model_b, [args.timestep_b])
     block_a, block_b = args.block or model_a.default_block, args.block_b or model_b.default_block
     ta = (args.timesteps or [50])[0]
     tb = ta if args.timestep_b is None else args.timestep_b

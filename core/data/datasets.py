@@ -91,6 +91,7 @@ class Dataset:
 
 # --------------------------------------------------------------------------------------------- scan
 
+MAX_MANIFEST_BYTES = 1 << 30  # 1 GiB: ~10 million rows; a larger "manifest" is refused unread
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer typed paths are refused before any system call
 
 
@@ -331,7 +332,12 @@ def read_manifest(csv_path: str | os.PathLike, name: str | None = None) -> Datas
     try:
         if not stat.S_ISREG(os.stat(csv_p).st_mode):
             raise DatasetError(f"Manifest {shown(str(csv_p))!r} is not a regular file; pass a CSV file.")
-        data = csv_p.read_bytes()
+        from core.safeio import UnsafeFileError, read_small_file
+
+        try:  # regular files only, re-checked on the open descriptor (never blocks on a FIFO), size-capped
+            data = read_small_file(csv_p, MAX_MANIFEST_BYTES, "manifest")
+        except UnsafeFileError as e:
+            raise DatasetError(f"Manifest {shown(str(csv_p))!r}: {str(e).split(': ', 1)[-1]}") from None
     except FileNotFoundError:
         raise DatasetError(f"Manifest {shown(str(csv_p))!r} does not exist.") from None
     except OSError as e:

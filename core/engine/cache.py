@@ -129,8 +129,10 @@ class FeatureCache:
         something, and skipped with a warning when the folder is not writable: reading never needs it."""
         p = self.entry_dir(key) / "meta.json"
         meta = dict(meta, written=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        try:
-            old = json.loads(p.read_text())
+        try:  # a regular file holding a JSON object, else it is replaced (never blocks on a FIFO)
+            from core.safeio import read_json_object
+
+            old = read_json_object(p, 1 << 20, "setting description (meta.json)")
             if {k: v for k, v in old.items() if k != "written"} == {k: v for k, v in meta.items() if k != "written"}:
                 return
         except (OSError, ValueError):

@@ -3,17 +3,35 @@ making it fit a size budget (oldest settings first)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
+import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.engine.cache import FeatureCache, safe_load_npz
-from core.engine.store import INDEX_NAME, DamagedChunk, DamagedIndex, file_stat, read_chunk, read_index
+from core.engine.store import (
+    INDEX_NAME,
+    MAX_INDEX,
+    CacheError,
+    DamagedChunk,
+    DamagedIndex,
+    file_stat,
+    read_chunk,
+    read_index,
+)
+from core.safeio import UnsafeFileError, read_json_object, read_small_file
 
 _KEY = re.compile(r"[0-9a-f]{16,64}")
+MAX_META = 1 << 20  # bytes; a real meta.json is ~1 KB
+LINK_NOTE = ("a symbolic link, not a folder of the cache: never followed (list, verify and prune ignore it; remove "
+             "the link if it is not yours)")
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
           "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
@@ -41,6 +59,8 @@ class Entry:
     files: list[Path] = field(default_factory=list)
     mtime: float = 0.0
     meta: dict = field(default_factory=dict)
+    odd: list = field(default_factory=list)  # [(path, what it is)]: entries that are not regular files
+    meta_error: str = ""  # why meta.json was not used (not a regular file, not a JSON object...)
 
     @property
     def layers(self) -> list[str]:
@@ -49,31 +69,104 @@ class Entry:
     def describe(self) -> dict:
         cfg = self.meta.get("config", {})
         return {"key": self.key, "size": self.size, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.mtime)),
-                "dataset": cfg.get("dataset", "?"), "model": cfg.get("model", "?"),
-                "timestep": cfg.get("timestep", "?"), "images": self.meta.get("n_images", "?"),
-                "storage": self.meta.get("storage_dtype", "float32"), "layers": len(self.layers) or "old format"}
+                "dataset": str(cfg.get("dataset", "?")), "model": str(cfg.get("model", "?")),
+                "timestep": str(cfg.get("timestep", "?")), "images": str(self.meta.get("n_images", "?")),
+                "storage": str(self.meta.get("storage_dtype", "float32")), "layers": len(self.layers) or "old format"}
 
 
-def entries(cache: FeatureCache) -> list[Entry]:
-    """Every setting in the cache (no writes; works on a read-only cache)."""
+def _kind(mode: int) -> str:
+    return ("a symbolic link" if stat.S_ISLNK(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "a folder" if stat.S_ISDIR(mode) else "not a regular file")
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(regular files, [(other entry, what it is)]) under ``folder``: links are never followed, so a link,
+    FIFO or device inside a setting is reported, never read, sized or descended into."""
+    files: list[Path] = []
+    odd: list[tuple[Path, str]] = []
+
+    def unreadable(e: OSError) -> None:
+        odd.append((Path(e.filename or folder), f"unreadable ({e.strerror})"))
+
+    for top, dirs, names in os.walk(folder, followlinks=False, onerror=unreadable):
+        links = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # listed in dirs, never descended
+        real = [d for d in dirs if d not in links]
+        keep = [d for d in real if top == str(folder) and d.startswith("L-")]
+        # a setting holds files and L-<layer>/ folders of files: any other folder is out of place
+        odd += [(Path(top) / d, "a folder where the cache expects a file (or nothing)") for d in real if d not in keep]
+        dirs[:] = keep
+        for name in names + links:
+            p = Path(top) / name
+            try:
+                mode = p.lstat().st_mode
+            except OSError:
+                continue  # removed meanwhile
+            if stat.S_ISREG(mode):
+                files.append(p)
+            else:
+                odd.append((p, _kind(mode)))
+    return files, odd
+
+
+def _subdirs(folder: Path, skipped: list) -> list[Path]:
+    """Real (not linked) sub-folders of ``folder``, sorted; links go to ``skipped`` (never followed)."""
     out = []
+    try:
+        items = sorted(folder.iterdir())
+    except OSError:
+        return out
+    for p in items:
+        try:
+            mode = p.lstat().st_mode
+        except OSError:
+            continue
+        if stat.S_ISLNK(mode):
+            skipped.append((p, LINK_NOTE))
+        elif stat.S_ISDIR(mode):
+            out.append(p)
+    return out
+
+
+def read_meta(path: Path) -> dict:
+    """A setting's ``meta.json`` as a dict whose ``config`` is a dict; raises ``ValueError`` (with the reason)
+    when it is not a regular file of at most :data:`MAX_META` bytes holding a JSON object of that shape, and
+    ``FileNotFoundError`` when absent."""
+    meta = read_json_object(path, MAX_META, "setting description (meta.json)")
+    if not isinstance(meta.get("config", {}), dict):
+        raise UnsafeFileError(f"{path}: its \"config\" is not a JSON object")
+    return meta
+
+
+def entries(cache: FeatureCache, skipped: list | None = None) -> list[Entry]:
+    """Every setting in the cache (no writes; works on a read-only cache). Links are never followed: a linked
+    prefix or setting folder is left out (and listed in ``skipped``, with the reason)."""
+    out = []
+    skipped = [] if skipped is None else skipped
     base = cache.root / "features"
+    if base.is_symlink():
+        skipped.append((base, LINK_NOTE))
+        return out
     if not base.is_dir():
         return out
-    for pre in sorted(base.iterdir()):
-        if not pre.is_dir():
-            continue
-        for d in sorted(pre.iterdir()):
-            if not (d.is_dir() and _KEY.fullmatch(d.name)):
+    for pre in _subdirs(base, skipped):
+        for d in _subdirs(pre, skipped):
+            if not _KEY.fullmatch(d.name):
                 continue
-            files = [p for p in d.rglob("*") if p.is_file() and not p.is_symlink()]
-            e = Entry(d.name, d, sum(p.stat().st_size for p in files), files,  # an index is rewritten on reads:
-                      max((p.stat().st_mtime for p in files if p.name != INDEX_NAME),  # not a "last written"
-                          default=d.stat().st_mtime))
+            files, odd = _walk(d)
+            sizes = {}
+            for p in files:
+                with contextlib.suppress(OSError):
+                    sizes[p] = p.lstat()
+            e = Entry(d.name, d, sum(st.st_size for st in sizes.values()), list(sizes),  # an index is rewritten
+                      max((st.st_mtime for p, st in sizes.items() if p.name != INDEX_NAME),  # on reads: not a
+                          default=d.lstat().st_mtime), odd=odd)  # "last written"
             try:
-                e.meta = json.loads((d / "meta.json").read_text())
-            except (OSError, ValueError):
+                e.meta = read_meta(d / "meta.json")
+            except FileNotFoundError:
                 pass
+            except (OSError, ValueError) as err:
+                e.meta_error = str(err)
             out.append(e)
     return out
 
@@ -82,7 +175,11 @@ def verify_entry(e: Entry, notes: list | None = None) -> list[tuple[Path, str]]:
     """(file, problem) for every chunk file of a setting that fails to read or fails its checksum, and every layer
     index that is unreadable or disagrees with a chunk file it vouches for. A merely stale index (a chunk
     rewritten after it) is harmless, it is rebuilt on the next read: it goes to ``notes``."""
-    bad = []
+    bad = [(p, (f"{what}, not a regular file: the cache never reads it; remove it (`rm -r '{p}'`), the setting's "
+                "files are recomputed when next used")) for p, what in e.odd]
+    if e.meta_error:
+        bad.append((e.path / "meta.json", (f"{e.meta_error} (harmless for the features: it is rewritten when the "
+                                           "setting is next computed; delete it)")))
     headers = {}
     for p in sorted(e.files):
         if p.name.startswith(".tmp-"):
@@ -102,8 +199,12 @@ def verify_entry(e: Entry, notes: list | None = None) -> list[tuple[Path, str]]:
 
 def _check_index(p: Path, headers: dict, e: Entry, notes) -> list[str]:
     try:  # the layer name, chunk size and image count are the index's own (checked against its files here)
-        head = json.loads(p.read_bytes().split(b"\n", 1)[0][:4096])
+        head = json.loads(read_small_file(p, MAX_INDEX, "layer index").split(b"\n", 1)[0][:4096])
+        if type(head) is not dict:
+            raise DamagedIndex("its head line is not a JSON object")
         idx = read_index(p.parent, head["layer"], int(head["chunk"]), int(head["n_images"]))
+        if idx is None:
+            raise DamagedIndex("disappeared")
     except (DamagedIndex, OSError, ValueError, KeyError, TypeError, IndexError) as err:
         return [f"unreadable layer index ({err}; harmless: it is ignored and rewritten on the next read)"]
     stale = []
@@ -124,10 +225,16 @@ def _check_index(p: Path, headers: dict, e: Entry, notes) -> list[str]:
 
 
 def prune(cache: FeatureCache, older_than_days: float | None = None, max_size: int | None = None,
-          dry_run: bool = False) -> list[Entry]:
+          dry_run: bool = False, skipped: list | None = None) -> list[Entry]:
     """Remove settings last written more than ``older_than_days`` ago, then the oldest until the feature cache
-    is at most ``max_size`` bytes; returns what was (or would be) removed."""
-    es = sorted(entries(cache), key=lambda e: e.mtime)
+    is at most ``max_size`` bytes; returns what was (or would be) removed. Links are never followed (a linked
+    prefix or setting folder is left alone and listed in ``skipped``), and nothing outside
+    ``<cache>/features`` is ever removed."""
+    if older_than_days is not None and not (math.isfinite(older_than_days) and older_than_days >= 0):
+        raise ValueError(f"--older-than must be a number of days >= 0 (e.g. 30), got {older_than_days}")
+    if max_size is not None and max_size < 0:
+        raise ValueError(f"--max-size must be >= 0, got {max_size}")
+    es = sorted(entries(cache, skipped), key=lambda e: e.mtime)
     gone = []
     if older_than_days is not None:
         cutoff = time.time() - older_than_days * 86400
@@ -141,15 +248,33 @@ def prune(cache: FeatureCache, older_than_days: float | None = None, max_size: i
                 gone.append(e)
                 total -= e.size
     if not dry_run:
+        base = (cache.root / "features").resolve()
         for e in gone:
-            shutil.rmtree(e.path)
+            _remove_setting(e.path, base)
     return gone
+
+
+def _remove_setting(path: Path, base: Path) -> None:
+    """``rm -r`` of one setting folder, refused unless it is a real folder (not a link) exactly two levels under
+    ``base`` (``<prefix>/<key>``) whose parents are real folders too (checked just before removing)."""
+    rel = path.relative_to(path.parent.parent)
+    p = base / rel
+    for q in (p.parent, p):
+        if q.is_symlink() or not q.is_dir():
+            raise CacheError(errno.ENOTDIR, f"refusing to remove {path}: {q} is no longer a real folder of the "
+                                            "cache (a link or something else took its place); it was not removed")
+    if p.resolve().parent.parent != base:
+        raise CacheError(errno.EXDEV, f"refusing to remove {path}: it resolves outside {base}")
+    shutil.rmtree(p)  # rmtree never follows links inside the folder (it unlinks them)
 
 
 def main(args) -> int:
     cache = FeatureCache(args.cache_dir)
     if args.action == "list":
-        es = entries(cache)
+        skipped = []
+        es = entries(cache, skipped)
+        for p, why in skipped:
+            print(f"note: {p}: {why}")
         if not es:
             print(f"feature cache {cache.root}: empty")
             return 0
@@ -162,8 +287,11 @@ def main(args) -> int:
                   f"{d['storage']:7s}  {d['layers']!s:>6s}  {d['dataset']} / {d['model']}")
         return 0
     if args.action == "verify":
-        es = entries(cache)
+        skipped = []
+        es = entries(cache, skipped)
         n_files = n_bad = 0
+        for p, why in skipped:
+            print(f"note: {p}: {why}")
         for e in es:
             notes = []
             bad = verify_entry(e, notes)
@@ -179,9 +307,11 @@ def main(args) -> int:
         return 1 if n_bad else 0
     if args.older_than is None and args.max_size is None:
         raise ValueError("prune needs --older-than DAYS and/or --max-size SIZE (e.g. --max-size 50GB)")
-    if args.older_than is not None and args.older_than < 0:
-        raise ValueError(f"--older-than must be >= 0 days, got {args.older_than}")
-    gone = prune(cache, args.older_than, parse_size(args.max_size) if args.max_size else None, args.dry_run)
+    skipped = []
+    gone = prune(cache, args.older_than, parse_size(args.max_size) if args.max_size is not None else None,
+                 args.dry_run, skipped)
+    for p, why in skipped:
+        print(f"note: left alone {p}: {why}")
     left = sum(e.size for e in entries(cache)) if not args.dry_run else None
     for e in gone:
         d = e.describe()

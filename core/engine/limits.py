@@ -22,6 +22,15 @@ BOUNDS = {
     "ensemble": (1, MAX_ENSEMBLE, "each noise draw is one more UNet pass per image"),
     "n_seeds": (1, MAX_SEEDS, "each k-means seed refits the clustering; 5 is the default"),
 }
+# the research views' counts (issue 18): each is more model passes or refits, so each is bounded with the cost
+BOUNDS.update({
+    "timesteps": (1, 64, ("each timestep is one more model pass over every image (and, for CKA, one more row and "
+                          "column of the layer grid); the defaults use 1 to 9")),
+    "noise_seeds": (1, MAX_SEEDS, ("each noise seed is one more extraction of every image (a model pass over the "
+                                   "dataset); the default is 5")),
+    "kmeans_seeds": (1, MAX_SEEDS, "each k-means seed refits the clustering; the default is 10"),
+    "bootstraps": (0, 1000, "each bootstrap refits the clustering on a resample; the default is 20"),
+})
 
 
 def check_size(name: str, value: int | None) -> None:
@@ -29,10 +38,22 @@ def check_size(name: str, value: int | None) -> None:
     if value is None:
         return
     lo, hi, why = BOUNDS[name]
+    label = "the number of timesteps" if name == "timesteps" else f"`{name}`"
     if int(value) < lo:
-        raise ExtractionError(f"`{name}` must be >= {lo}, got {value:,} (allowed: {lo} to {hi:,}).")
+        raise ExtractionError(f"{label} must be >= {lo}, got {value:,} (allowed: {lo} to {hi:,}).")
     if int(value) > hi:
-        raise ExtractionError(f"`{name}` must be <= {hi:,}, got {value:,} ({why}).")
+        raise ExtractionError(f"{label} must be <= {hi:,}, got {value:,} ({why}).")
+
+
+def check_timesteps(model, timesteps) -> list[int]:
+    """The one check of timesteps given to any command (extract, sweep, filmstrip, cka, ...): at most
+    ``BOUNDS["timesteps"]`` of them, each an integer the model's scheduler takes (``model.check_timestep``:
+    out-of-range values are refused, never clipped). Models without a timestep accept anything (they ignore it)."""
+    ts = list(timesteps)
+    check_size("timesteps", len(ts))
+    if getattr(model, "uses_timestep", False):
+        ts = [model.check_timestep(t) for t in ts]
+    return ts
 
 
 def available_memory_bytes() -> int | None:

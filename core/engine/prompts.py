@@ -11,6 +11,26 @@ from core.backbones.base import ExtractionError
 __all__ = ["ExtractionError", "PromptSpec"]
 
 
+# bidirectional overrides and isolates: they reorder what a terminal or spreadsheet shows (text spoofing)
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_prompt_text(text: str) -> None:
+    """Refuse (never strip: a prompt is part of the cache key and must be exactly what was asked) a prompt
+    holding a control character (Unicode category Cc: C0 such as newline, tab, ESC and NUL, DEL, C1) or a
+    bidirectional override: they would reach the terminal (ESC sequences rewrite the screen) and the CSV and
+    report outputs, and no text encoder reads them as words."""
+    import unicodedata
+
+    if not isinstance(text, str):
+        raise ExtractionError(f"a prompt must be text, got {type(text).__name__}")
+    for i, ch in enumerate(text):
+        if ch in _BIDI or unicodedata.category(ch) == "Cc":
+            what = "a bidirectional override" if ch in _BIDI else "a control character"
+            raise ExtractionError(f"the prompt has {what} (U+{ord(ch):04X}) at position {i + 1}; prompts are one "
+                                  "line of plain text: remove it (and any line breaks or tabs)")
+
+
 @dataclass(frozen=True)
 class PromptSpec:
     """``mode``: "empty" (the paper's default), "template" (``text`` with ``{class}`` and/or ``{domain}``),
@@ -31,6 +51,7 @@ class PromptSpec:
         if self.mode == "template" and "{class}" not in self.text and "{domain}" not in self.text:
             raise ExtractionError(f"a template must contain {{class}} or {{domain}}, e.g. 'a photo of a {{class}}'; "
                                   f"got {self.text!r}")
+        check_prompt_text(self.text)
         if self.mode == "per-class":
             self.table()
         if self.mode == "per-image":
@@ -46,6 +67,8 @@ class PromptSpec:
             t = None
         if not isinstance(t, dict) or not t or not all(isinstance(v, str) for v in t.values()):
             raise ExtractionError(f'a per-class prompt is a JSON object {{"class": "prompt", ...}}, got {self.text!r}')
+        for v in t.values():
+            check_prompt_text(v)
         return t
 
     def rule(self) -> dict:

@@ -154,7 +154,15 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
         try:
             os.replace(tmp, path)
         except IsADirectoryError:  # an empty folder where the chunk goes (damage): replace it
-            os.rmdir(path)
+            try:
+                os.rmdir(path)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise CacheError(errno.EISDIR, f"a folder with files in it, {path}, sits where the cache file "
+                                               "goes (the cache does not delete folders it did not make): move or "
+                                               f"delete it (`rm -r '{path}'`), then run the same command again"
+                                 ) from None
             os.replace(tmp, path)
         tmp = None
     except OSError as e:
@@ -178,11 +186,24 @@ def encode_chunk(features: np.ndarray, ids_sha: str, skipped, storage: str, laye
     return safetensors.numpy.save({"f": f}, metadata=meta)
 
 
+def _open_regular(path: Path, exc: type, buffering: int = -1):
+    """``open(path, "rb")`` for a regular file only: opened with ``O_NONBLOCK`` (a FIFO in place of a cache file
+    never blocks the open) and checked with ``fstat`` on the open descriptor; anything else raises ``exc``."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise exc("a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)")
+    return os.fdopen(fd, "rb", buffering=buffering)
+
+
 def read_header(path: Path) -> ChunkHeader | None:
     """Parse and check a chunk file's header (bounds, dtype, sizes); ``None`` when absent; raises
     :class:`DamagedChunk` when the file is not a well-formed chunk."""
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path, DamagedChunk) as fh:
             st = os.fstat(fh.fileno())
             size = st.st_size
             head = fh.read(8)
@@ -225,7 +246,7 @@ def read_into(header: ChunkHeader, out: np.ndarray) -> None:
     if len(view) != header.data_len:
         raise DamagedChunk("output buffer size mismatch")
     try:
-        with open(header.path, "rb", buffering=0) as fh:
+        with _open_regular(header.path, DamagedChunk, buffering=0) as fh:
             if hasattr(os, "posix_fadvise"):  # one request for the whole chunk, not a growing readahead window
                 os.posix_fadvise(fh.fileno(), header.data_start, header.data_len, os.POSIX_FADV_WILLNEED)
             fh.seek(header.data_start)
@@ -294,7 +315,7 @@ def read_index(folder: Path, layer: str, chunk: int, n_images: int) -> tuple[int
     (every field is type- and bounds-checked; the index is never trusted beyond what it can prove)."""
     path = folder / INDEX_NAME
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path, DamagedIndex) as fh:
             ist = os.fstat(fh.fileno())
             size = ist.st_size
             if size > MAX_INDEX:

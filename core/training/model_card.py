@@ -60,7 +60,9 @@ def main(argv=None) -> int:
     parts = []
     for ds in CARD_DATASETS:
         df = run_sweep(card_config(ds, args.model), "all", CARD_TIMESTEPS, model=model, device=args.device)
-        df.to_csv(csv_path(folder, ds), index=False, float_format="%.4f")
+        from core.csvsafe import to_csv
+
+        to_csv(df, csv_path(folder, ds), index=False, float_format="%.4f")
         n = int(df["n_images"].iloc[0])
         parts.append(f"**{ds}** ({n} images, seed 0, k-means over 5 seeds) — domain NMI (higher = domains "
                      f"separate):\n\n{markdown_table(df, 'domain_nmi')}\n\nclass NMI:\n\n"

@@ -75,7 +75,7 @@ def print_catalogue(data_dir=None) -> None:
     for e in dl.CATALOGUE.values():
         where = installed.get(e.name)
         how = {"hub-parquet": f"Hub parquet {e.hub_repo}", "archives": f"{len(e.sources)} archive(s) over HTTP",
-               "manual": "fetch by hand, then --archive FILE"}[e.kind]
+               "manual": "fetch by hand, then --archive FILE"}[e.source_type]
         print(f"  {e.name:15s} {e.description}")
         print(f"  {'':15s} source: {how}; checksums: {e.checksums}")
         print(f"  {'':15s} {'installed: ' + str(where) + ' (--dataset ' + e.name + ')' if where else 'not installed'}")

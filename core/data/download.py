@@ -107,17 +107,17 @@ class Source:
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """A known dataset. ``kind``: ``hub-parquet`` (``hub_repo``), ``archives`` (``sources``) or ``manual``
+    """A known dataset. ``source_type``: ``hub-parquet`` (``hub_repo``), ``archives`` (``sources``) or ``manual``
     (fetch ``sources`` by hand, then ``--archive FILE``)."""
 
     name: str
     description: str
-    kind: str
+    source_type: str
     domains: tuple[str, ...]
     hub_repo: str = ""
     sources: tuple[Source, ...] = ()
     checksums: str = ""  # an honest line on what is verified
-    manual: str = ""  # for kind "manual": how to fetch the archive
+    manual: str = ""  # for source_type "manual": how to fetch the archive
 
 
 DOMAINBED = "DomainBed's domainbed/scripts/download.py"
@@ -259,9 +259,9 @@ def unavailable_reason(what: str, endpoint: str | None = None, timeout: float = 
     if why:
         return why
     entry = catalogue_entry(what)
-    if entry is not None and entry.kind == "manual":
+    if entry is not None and entry.source_type == "manual":
         return f"{entry.name} cannot be fetched automatically: {entry.manual}"
-    url = entry.sources[0].url if entry is not None and entry.kind == "archives" else hub_endpoint(endpoint)
+    url = entry.sources[0].url if entry is not None and entry.source_type == "archives" else hub_endpoint(endpoint)
     if not reachable(url, timeout):
         host = urllib.parse.urlparse(url).netloc
         return f"{host} cannot be reached from this machine (no network?)"
@@ -956,11 +956,11 @@ def download_dataset(name: str, *, data_dir: str | os.PathLike | None = None, en
     if sha256:
         raise DownloadError(f"--sha256 checks one archive: use it with --archive FILE (the {entry.name} sources are "
                             "checked as the catalogue says: `python -m core download --list`)")
-    if entry.kind == "manual":
+    if entry.source_type == "manual":
         urls = " ".join(s.url for s in entry.sources)
         raise DownloadError(f"{entry.name} cannot be downloaded automatically: {entry.manual}. Source: {urls}. Then "
                             f"install it with `python -m core download {entry.name} --archive FILE`.")
-    if entry.kind == "hub-parquet":
+    if entry.source_type == "hub-parquet":
         return download_hub_dataset(entry.hub_repo, entry.name, data_dir=data_dir, endpoint=endpoint,
                                     progress=progress, force=force, retries=retries, expect_domains=entry.domains,
                                     max_bytes=max_bytes or MAX_EXTRACT_BYTES)

@@ -21,8 +21,10 @@ from pages._access import png_export_available
 from pages._env import APP_PATH
 
 
-def cli_command(config: ExtractionConfig, blocks: Sequence[str], timesteps: Sequence[int] | None = None) -> str:
-    """The ``python -m core sweep`` command that reproduces these numbers."""
+def cli_command(config: ExtractionConfig, blocks: Sequence[str], timesteps: Sequence[int] | None = None,
+                n_init: int = 1) -> str:
+    """The ``python -m core sweep`` command that reproduces these numbers (``n_init``: the sidebar's k-means
+    runs per seed)."""
     ts = timesteps if timesteps is not None else [config.timestep]
     parts = ["python", "-m", "core", "sweep", "--dataset", config.dataset, "--model", config.model,
              "--timesteps", ",".join(str(int(t)) for t in ts), "--blocks", ",".join(blocks)]
@@ -45,23 +47,27 @@ def cli_command(config: ExtractionConfig, blocks: Sequence[str], timesteps: Sequ
         parts += ["--noise-mode", config.noise_mode]
     if config.token_pooling is not None:
         parts += ["--token-pooling", config.token_pooling]
+    if n_init != 1:
+        parts += ["--n-init", str(int(n_init))]
     return shlex.join(parts)
 
 
 def reproduce_spec(config: ExtractionConfig, block: str | Sequence[str], reduction: ReductionConfig | None = None,
-                   timesteps: Sequence[int] | None = None, **extra: Any) -> dict:
+                   timesteps: Sequence[int] | None = None, n_init: int = 1, **extra: Any) -> dict:
     """The exact configuration as JSON-able data, with the equivalent CLI command."""
     blocks = [block] if isinstance(block, str) else list(block)
     spec: dict[str, Any] = {"extraction": config.to_dict(), "block": blocks[0] if isinstance(block, str) else blocks}
     if reduction is not None:
         spec["reduction"] = reduction.params()
     spec.update(extra)
-    spec["cli"] = cli_command(config, blocks, timesteps)
+    if n_init != 1:
+        spec["n_init"] = int(n_init)
+    spec["cli"] = cli_command(config, blocks, timesteps, n_init)
     return spec
 
 
 def scores_frame(scores: Scores, **context: Any) -> pd.DataFrame:
-    return pd.DataFrame([{**context, **scores.to_dict()}])
+    return pd.DataFrame([{**context, **scores.row()}])
 
 
 def export_panel(stem: str, *, figs: dict[str, Any] | None = None, tables: dict[str, pd.DataFrame] | None = None,

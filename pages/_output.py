@@ -78,13 +78,22 @@ def score_metrics(scores: Scores, n_domains_: int, container: Any = st, referenc
         return f"{(a - b) * (100 if pct else 1):+.1f} pp" if pct else f"{a - b:+.3f}"
 
     ref = reference
+    runs = f"{scores.n_init} k-means run{'s' if scores.n_init != 1 else ''} per seed" if scores.n_init else ""
+    seeds = scores.n_seeds or 5
     slots[0].metric("Domain NMI", _fmt_nmi(scores.domain_nmi, scores.domain_nmi_std),
                      delta=delta(scores.domain_nmi, ref and ref.domain_nmi),
                      help="k-means (K = number of domains) on the full features against the domain labels; "
-                          "mean ± std over 5 k-means seeds. Higher: the features separate domains.")
+                          f"mean ± std over {seeds} k-means seeds ({runs or 'see Settings'}). Higher: the features "
+                          "separate domains. AMI: the same corrected for chance (0 = chance, 1 = perfect); chance: "
+                          "the NMI the same clusters reach against shuffled labels; 95 % interval over k-means "
+                          "seeds and a bootstrap over images (docs/METHODS.md).")
+    chance_caption(slots[0], scores, "domain")
     slots[1].metric("Class NMI", _fmt_nmi(scores.class_nmi, scores.class_nmi_std),
                      delta=delta(scores.class_nmi, ref and ref.class_nmi), delta_color="inverse",
-                     help="The same with K = number of classes. For a domain tool, lower is purer.")
+                     help="The same with K = number of classes. For a domain tool, lower is purer. With many "
+                          "classes per image even noise features score well above 0: read the AMI and the "
+                          "chance floor.")
+    chance_caption(slots[1], scores, "class")
     slots[2].metric("Domain predictability", _fmt(scores.domain_probe_acc, pct=True),
                      delta=delta(scores.domain_probe_acc, ref and ref.domain_probe_acc, pct=True),
                      help=f"5-fold cross-validated logistic-regression accuracy predicting the domain "
@@ -92,6 +101,31 @@ def score_metrics(scores: Scores, n_domains_: int, container: Any = st, referenc
     slots[3].metric("Domain silhouette", _fmt(scores.domain_silhouette),
                      delta=delta(scores.domain_silhouette, ref and ref.domain_silhouette),
                      help="Silhouette of the domain labels (cosine, standardized features), from -1 to 1.")
+
+
+def chance_line(scores: Scores, which: str = "domain") -> str:
+    """"AMI 0.41 · chance 0.003 · 95 % [0.39, 0.44]" for the domain or class NMI of ``scores`` ("" when the
+    scores predate AMI), with a "within chance" mark when the NMI is within its chance floor's spread."""
+    ami = getattr(scores, f"{which}_ami")
+    if ami is None or math.isnan(ami):
+        return ""
+    parts = [f"AMI {ami:.3f}"]
+    chance = getattr(scores, f"{which}_nmi_chance")
+    if not math.isnan(chance):
+        parts.append(f"chance {chance:.3f}")
+    lo, hi = getattr(scores, f"{which}_nmi_lo"), getattr(scores, f"{which}_nmi_hi")
+    if not (math.isnan(lo) or math.isnan(hi)):
+        parts.append(f"95 % [{lo:.3f}, {hi:.3f}]")
+    line = " · ".join(parts)
+    if getattr(scores, f"{which}_within_chance"):
+        line += " · :orange[**within chance**]"
+    return line
+
+
+def chance_caption(container: Any, scores: Scores, which: str = "domain") -> None:
+    line = chance_line(scores, which)
+    if line:
+        container.caption(line)
 
 
 def image_grid(fs, rows: Sequence[int], limit: int = 48, size: int = 96, container: Any = st) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import figures
-from core.analysis.explore import explore_faithfulness, explore_view
+from core.analysis.explore import compare_settings, explore_faithfulness, explore_view
 from core.analysis.moved import DEFAULT_K, what_moved
 from pages._access import scanned_dataset, thumbnail
 from pages._controls import colour_control, ensure_state, reduction_controls, setting_controls
@@ -47,7 +47,7 @@ results, configs = {}, {}
 for name, (model, block, timestep, prompt, cond) in sides.items():
     configs[name] = s.extraction(timestep, prompt, model=model.name, **cond)
     results[name] = run_core(explore_view, configs[name], block, reduction, model=model, device=s.device,
-                                dataset=scanned_dataset(configs[name].dataset),
+                                dataset=scanned_dataset(configs[name].dataset), n_init=s.n_init,
                                 label=f"Setting {name}: extracting features")
 
 ra, rb = results["A"], results["B"]
@@ -78,6 +78,17 @@ table = figures.score_table(ra.scores, rb.scores)
 st.dataframe(table, hide_index=True, width="content",
              column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "delta" else "%.3f")
                             for c in ("A", "B", "delta")})
+paired = None
+try:  # same images, same k-means clusters as the scores above: a paired bootstrap of B − A
+    with st.spinner("Paired bootstrap of B − A…"):
+        paired = compare_settings(ra.features, sides["A"][1], rb.features, sides["B"][1], n_init=s.n_init,
+                                  seed=s.seed)
+except ValueError as e:
+    st.warning(f"No paired comparison: {e}")
+if paired is not None:
+    (st.success if paired.nmi.excludes_zero else st.info)(paired.verdict())
+    st.caption(f"Domain AMI B − A: {paired.ami.format(signed=True)}. Both settings are scored on the same "
+               f"{paired.n_common:,} images in every bootstrap draw; a verdict needs a 95 % interval that excludes 0.")
 
 st.subheader("What moved")
 st.caption("Images whose neighbourhood changes most from A to B: the share of an image's k nearest neighbours "
@@ -106,9 +117,10 @@ with c_dom:
                  column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "delta" else "%.3f")
                                 for c in ("A", "B", "delta", "mean moved")})
 
-spec = {name: reproduce_spec(configs[name], sides[name][1], reduction) for name in ("A", "B")}
+spec = {name: reproduce_spec(configs[name], sides[name][1], reduction, n_init=s.n_init) for name in ("A", "B")}
 spec["cli"] = "\n".join(spec[n]["cli"] for n in ("A", "B"))
 spec["what_moved"] = {"k": moved.k, "n_seeds": 5, "api": "core.analysis.moved.what_moved(fs_a, block_a, fs_b, block_b, k)"}
 export_panel("compare", figs={"layout A": figs["A"], "layout B": figs["B"]},
-                tables={"scores": table, "what moved": moved.table, "per-domain NMI": moved.per_domain},
+                tables={"scores": table, "what moved": moved.table, "per-domain NMI": moved.per_domain,
+                        **({"paired difference": paired.to_frame()} if paired is not None else {})},
                 spec=spec, key="compare-export")

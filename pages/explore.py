@@ -31,7 +31,7 @@ colour = colour_control(container=c_col)
 
 config = s.extraction(timestep, prompt, **cond)
 result = run_core(explore_view, config, block, reduction, model=model, device=s.device,
-                     dataset=scanned_dataset(config.dataset))
+                     dataset=scanned_dataset(config.dataset), n_init=s.n_init)
 fs = result.features
 
 labels, categories = labels_for(fs, colour, block, s.seed)
@@ -65,7 +65,7 @@ if len(rows) > 1:
     st.subheader(f"Spatial feature maps of {block}")
     spatial_panel(model, config, block, fs, rows, size=128, per_row=4, key="explore-spatial-grid")
 
-spec = reproduce_spec(config, block, reduction, colour_by=colour, image_mode=image_mode,
+spec = reproduce_spec(config, block, reduction, n_init=s.n_init, colour_by=colour, image_mode=image_mode,
                          layout_faithfulness={"k": faith.k, "random_state": s.seed,
                                               "api": "core.analysis.explore.explore_faithfulness"})
 if rows:

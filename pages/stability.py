@@ -21,8 +21,9 @@ model = current_model(s)
 st.title("Stability")
 st.caption("How much of a score is chance? The domain NMI of one setting, recomputed while one random choice "
            "varies at a time on the same images: the diffusion noise draw, the number of draws averaged, the "
-           "k-means initialisation, and a bootstrap resample of the images. The dashed line is the paper's "
-           "protocol: one noise draw, one k-means run.")
+           "k-means initialisation, and a bootstrap resample of the images. Bars: mean ± 1.96 std. Ensemble size "
+           "is a choice of method (a systematic effect), not chance. The dashed line is the paper's protocol: "
+           "one noise draw, one k-means run.")
 
 c_block, c_time, c_prompt = st.columns([5, 4, 4], gap="large")
 controls = setting_controls(model, prefix="stab_", columns=(c_block, c_time, c_prompt))
@@ -35,26 +36,31 @@ kmeans_seeds = int(c3.number_input("k-means seeds", 1, 100, 10, key="stab_kmeans
 bootstraps = int(c4.number_input("Bootstrap resamples", 0, 200, 20, key="stab_bootstraps"))
 
 config = s.extraction(timestep, prompt, **cond)
-params = dict(noise_seeds=noise_seeds, ensembles=ensembles, kmeans_seeds=kmeans_seeds, bootstraps=bootstraps)
+params = dict(noise_seeds=noise_seeds, ensembles=ensembles, kmeans_seeds=kmeans_seeds, bootstraps=bootstraps,
+              n_init=s.n_init if s.n_init != 1 else None)
 key = request_key("stability", s, config, block=block, **params)
 res = memo_run(key, stability, config, block, **params, model=model, device=s.device,
                dataset=scanned_dataset(config.dataset))
 
 fig = stability_figure(res, title=f"Domain NMI of {block}" + (f" at t = {timestep}" if model.uses_timestep else ""))
 st.plotly_chart(fig, key="stab_chart", theme=None, config=PLOT_CONFIG)
-widest = res.widest
+largest = res.largest
 m1, m2, m3 = st.columns(3)
 m1.metric("Paper's single draw", f"{res.reference:.3f}",
           help="This setting's features (its seed, one noise draw) and one k-means run (seed 0).")
-m2.metric("Widest spread", f"{widest['spread']:.3f}", help=f"max − min over {widest['source']}s")
-m3.metric("Source of the widest spread", str(widest["source"]))
+m2.metric("Chance std of a score", f"{res.chance_std:.3f}",
+          help="sqrt of the summed variances of the chance sources (noise seed, k-means seed ÷ seeds averaged, "
+               "bootstrap). Standard deviations, not max − min: ranges grow with the number of draws. "
+               "Ensemble size is a choice of method and is not counted.")
+m3.metric("Largest source of chance", str(largest["source"]), help=f"std {largest['std']:.3f} over "
+          f"{int(largest['n'])} draws")
 diff = st.number_input("A domain-NMI difference you are looking at (e.g. between two blocks)", 0.0, 1.0, 0.05,
                        step=0.01, format="%.3f", key="stab_difference")
-sentence = spread_sentence(res.summary, diff)
-(st.warning if abs(diff) <= widest["spread"] else st.success)(sentence)
+sentence = spread_sentence(res.summary, diff, res.n_seeds)
+(st.warning if abs(diff) <= res.band else st.success)(sentence)
 st.dataframe(res.summary, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.3f")
-                            for c in ("mean", "std", "min", "max", "spread")})
+             column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "effect" else "%.3f")
+                            for c in ("mean", "std", "min", "max", "effect")})
 opts = dict(timesteps=[timestep] if model.uses_timestep else None, block=block, **params)
 extra = {"prompt_template": prompt.text} if prompt.mode == "template" else (
     {"prompt": prompt.text} if prompt.mode == "custom" and prompt.text else {})

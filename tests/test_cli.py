@@ -22,6 +22,9 @@ from core.backbones.registry import load_backbone as load_model
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["block", "timestep", "prompt", "domain_nmi", "domain_nmi_std", "class_nmi", "class_nmi_std",
            "domain_probe_acc", "n_images"]
+STAT_COLUMNS = ["domain_nmi_lo", "domain_nmi_hi", "domain_ami", "domain_ami_std", "domain_ami_lo", "domain_ami_hi",
+                "domain_nmi_chance", "domain_within_chance", "class_ami", "class_ami_std", "class_nmi_chance",
+                "class_within_chance", "n_init"]  # AMI, chance floor and intervals (docs/METHODS.md)
 TINY_BLOCKS = ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
                "up_blocks.0", "up_blocks.1", "up_blocks.2"]
 
@@ -142,7 +145,7 @@ def sweep_args(tiny_sd_dir, out, per_domain=8, n_seeds=2):
 def check_sweep_csv(path, n_images=32):
     header, rows = read_csv(path)
     assert header[:9] == COLUMNS
-    assert header[9:] in ([], ["domain_silhouette"])
+    assert header[9:] == STAT_COLUMNS + ["domain_silhouette", "noise_seeds"]
     assert len(rows) == 14  # 7 blocks x 2 timesteps
     got = sorted((r[0], int(r[1])) for r in rows)
     assert got == sorted((b, t) for b in TINY_BLOCKS for t in (50, 500))

@@ -143,8 +143,15 @@ def test_score_features_bundles_everything():
     assert s.n_images == 120
     assert set(s.to_dict()) == {"domain_nmi", "domain_nmi_std", "class_nmi", "class_nmi_std",
                                 "domain_probe_acc", "domain_silhouette", "n_images", "kmeans_fit_points",
-                                "probe_points"}
+                                "probe_points"} | {f"{w}_{m}{x}" for w in ("domain", "class") for m, x in
+                                                   [("ami", ""), ("ami", "_std"), ("nmi", "_chance"),
+                                                    ("nmi", "_chance_std"), ("nmi", "_lo"), ("nmi", "_hi"),
+                                                    ("ami", "_lo"), ("ami", "_hi")]} | {"n_seeds", "n_init", "n_boot"}
     assert s.kmeans_fit_points == 120 and s.probe_points == 120  # all points (no sample at this size)
+    assert s.n_init == 1 and s.n_seeds == 2 and s.domain_ami > 0.95 and abs(s.class_ami) < 0.05
+    assert s.domain_nmi_lo <= s.domain_nmi <= s.domain_nmi_hi
+    assert not s.domain_within_chance and s.class_within_chance  # classes unrelated to the features: chance
+    assert Scores.from_dict({k: np.array(v) for k, v in s.to_dict().items()}) == s  # the score cache's round trip
     assert np.isnan(score_features(X, dom, cls, n_seeds=1, probe=False).domain_probe_acc)
 
 

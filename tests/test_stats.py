@@ -126,3 +126,21 @@ def test_noise_seeds_widen_the_combined_interval(blobs):
     all3 = stats.score_interval(runs, n_boot=100)
     assert all3.width > one.width
     assert all3.estimate == pytest.approx(np.mean([r.nmi for r in runs]))
+
+
+def test_bootstrap_draws_score_the_resampled_pairs(blobs):
+    _, _, s = blobs
+    rows = list(stats.bootstrap_rows(len(s.y), 3, seed=7))
+    vals = stats._draw_values([s], iter(rows))
+    for b, r in enumerate(rows):
+        for si in range(s.n_seeds):
+            nmi, ami = stats.contingency_scores(s.y[r], s.clusters[si][r], emi=float(s.emi[si]))
+            assert vals["nmi"][b, 0, si] == pytest.approx(nmi, abs=1e-10)
+            assert vals["ami"][b, 0, si] == pytest.approx(ami, abs=1e-10)
+
+
+def test_kmeans_scores_round_trip_through_arrays(blobs):
+    _, _, s = blobs
+    back = stats.KMeansScores.from_arrays(s.to_arrays())
+    assert np.array_equal(back.clusters, s.clusters) and np.array_equal(back.y, s.y)
+    assert np.array_equal(back.nmi, s.nmi) and back.seeds == s.seeds and back.n_init == s.n_init

@@ -194,20 +194,32 @@ def test_prompt_spec_domain_and_per_class_modes_keep_old_keys():
         derangement(["only"])
 
 
-def test_spread_sentence_says_when_chance_is_wider_than_the_difference():
+def test_spread_sentence_uses_standard_deviations_and_ignores_ensemble_size():
     import pandas as pd
 
-    from core.analysis.stability import spread_sentence, summarize
+    from core.analysis.stability import chance_std, difference_band, spread_sentence, summarize
 
-    draws = pd.DataFrame({"source": ["noise seed"] * 3 + ["k-means seed"] * 2, "setting": [0, 1, 2, 0, 1],
-                          "domain_nmi": [0.50, 0.58, 0.54, 0.55, 0.56]})
+    draws = pd.DataFrame({"source": ["noise seed"] * 3 + ["ensemble size"] * 2 + ["k-means seed"] * 2,
+                          "setting": [0, 1, 2, 1, 8, 0, 1],
+                          "domain_nmi": [0.50, 0.58, 0.54, 0.40, 0.90, 0.55, 0.57]})
     sm = summarize(draws)
-    assert list(sm["source"]) == ["noise seed", "k-means seed"]
-    assert sm.loc[0, "spread"] == pytest.approx(0.08)
+    assert list(sm["source"]) == ["noise seed", "ensemble size", "k-means seed"]
+    assert "spread" not in sm  # no max - min: ranges grow with the number of draws
+    assert list(sm["kind"]) == ["chance", "systematic", "chance"]
+    assert sm.loc[0, "std"] == pytest.approx(0.04)  # sample std of 0.50, 0.58, 0.54
+    assert sm.loc[1, "effect"] == pytest.approx(0.5)  # ensemble 8 minus ensemble 1: a systematic change
+    sd = chance_std(sm, n_seeds=5)  # k-means seed variance / 5 (scores average 5 seeds); ensemble not counted
+    assert sd == pytest.approx(np.sqrt(0.04 ** 2 + np.std([0.55, 0.57], ddof=1) ** 2 / 5))
+    band = difference_band(sm, 5)
+    assert band == pytest.approx(1.96 * np.sqrt(2) * sd, rel=1e-3) and band < 0.5  # the 0.5 ensemble effect is out
     small = spread_sentence(sm, -0.05)
-    assert small.startswith("Careful") and "0.050" in small and "0.080" in small and "noise seeds" in small
+    assert small.startswith("Careful") and "0.050" in small and f"{band:.3f}" in small and "noise seeds" in small
+    assert "not chance" in small and "+0.500" in small
     big = spread_sentence(sm, 0.2)
     assert "unlikely" in big and "0.200" in big
+    more = summarize(pd.concat([draws, pd.DataFrame({"source": "noise seed", "setting": range(3, 40),
+                                                     "domain_nmi": np.resize([0.50, 0.58, 0.54], 37)})]))
+    assert more.loc[0, "std"] <= sm.loc[0, "std"]  # more draws of the same spread: the std does not grow
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -374,8 +386,8 @@ def test_stability_and_prompt_audit_pages_match_core(app, tiny_sd_dir, tiny_mode
     ref = stability(cfg, "up_blocks.1", noise_seeds=2, ensembles=[1, 2], kmeans_seeds=3, bootstraps=2,
                     model=tiny_model)
     assert {x.label: x.value for x in at.metric}["Paper's single draw"] == f"{ref.reference:.3f}"
-    np.testing.assert_allclose(at.dataframe[0].value["spread"].to_numpy(float), ref.summary["spread"].to_numpy(float))
-    assert at.warning[0].value == spread_sentence(ref.summary, 0.0)  # no difference is wider than chance
+    np.testing.assert_allclose(at.dataframe[0].value["std"].to_numpy(float), ref.summary["std"].to_numpy(float))
+    assert at.warning[0].value == spread_sentence(ref.summary, 0.0, ref.n_seeds)  # 0 is inside the chance band
     d = ref.draws.set_index(["source", "setting"])["domain_nmi"]
     assert d[("noise seed", 0)] == pytest.approx(d[("ensemble size", 1)])  # the same features
     assert ref.summary["n"].tolist() == [2, 2, 3, 2] and np.isfinite(ref.draws["domain_nmi"]).all()

@@ -16,6 +16,7 @@ from core.engine.extract import ExtractionConfig, FeatureSet, NotCached, get_fea
 from core.analysis.metrics import Scores
 from core.backbones.base import Backbone
 from core.analysis.reduce import ReductionConfig, layout_at_scale
+from core.analysis.stats import Interval
 from core.analysis.sweep import cached_scores
 
 
@@ -39,12 +40,14 @@ def explore_view(
     batch_size: int = 32,
     cache_dir: str | None = None,
     n_seeds: int = 5,
+    n_init: int | None = None,
     progress=None,
     dataset: Dataset | None = None,
 ) -> ExploreResult:
     """Features of ``block`` (extracting every block in the same pass when ``all_blocks``, so a later
     block change is a cache hit), their 2-D layout and their scores.
 
+    Scores: :func:`core.analysis.sweep.cached_scores` with ``n_init`` k-means runs per seed (default one).
     Pass the scanned ``dataset`` (``load_dataset(config.dataset)``, kept by the caller) to skip rescanning
     the folder on every call: on a warm call that scan is the largest cost (bench/ measures it).
     """
@@ -58,7 +61,10 @@ def explore_view(
         raise ValueError(f"unknown block {block!r}; this model has {list(fs.features)}")
     cache = FeatureCache(cache_dir)
     emb, fitted = cached_layout(fs, block, reduction, cache)
-    scores = cached_scores(fs, block, n_seeds=n_seeds, cache=cache)
+    from core.analysis.metrics import DEFAULT_N_INIT
+
+    scores = cached_scores(fs, block, n_seeds=n_seeds, cache=cache,
+                           n_init=DEFAULT_N_INIT if n_init is None else int(n_init))
     return ExploreResult(fs, block, emb, scores, fitted)
 
 
@@ -99,3 +105,76 @@ def explore_faithfulness(fs: FeatureSet, block: str, embedding: np.ndarray, k: i
     out = layout_faithfulness(fs.features[block], embedding, fs.domains, k, random_state)
     cache.save_result("faithfulness", key, {f: np.array(v) for f, v in out.to_dict().items()})
     return out
+
+
+@dataclass
+class PairedComparison:
+    """B minus A on the same images: domain NMI and AMI differences with paired-bootstrap 95 % intervals
+    (:func:`core.analysis.stats.paired_score_differences`: the same image resample for A and B in every draw,
+    k-means seeds resampled within each side)."""
+
+    nmi: Interval  # B - A domain NMI
+    ami: Interval  # B - A domain AMI
+    n_common: int  # images both settings share (the paired sample)
+    n_seeds: int
+    n_init: int
+    n_boot: int
+
+    def verdict(self, names: tuple[str, str] = ("A", "B")) -> str:
+        """One sentence: which setting separates domains better, only when the NMI interval excludes 0."""
+        a, b = names
+        d = self.nmi
+        what = (f"domain NMI {b} − {a} = {d.format(signed=True)} (95 % paired bootstrap over {self.n_common:,} "
+                f"shared images and {self.n_seeds} k-means seeds each, {self.n_boot} draws)")
+        if not d.excludes_zero:
+            return f"No difference shown: {what}; the interval includes 0."
+        better, worse = (b, a) if d.estimate > 0 else (a, b)
+        return f"{better} separates the domains better than {worse}: {what}; the interval excludes 0."
+
+    def to_frame(self):
+        """One row per score (domain NMI, AMI): estimate, lo, hi, whether the interval excludes 0."""
+        import pandas as pd
+
+        return pd.DataFrame([{"score": f"domain {s.upper()} (B − A)", "estimate": iv.estimate, "lo": iv.lo,
+                              "hi": iv.hi, "excludes_0": iv.excludes_zero, "n_common": self.n_common,
+                              "n_boot": iv.n_boot} for s, iv in (("nmi", self.nmi), ("ami", self.ami))])
+
+
+def compare_settings(fs_a: FeatureSet, block_a: str, fs_b: FeatureSet, block_b: str, *, n_seeds: int = 5,
+                     n_init: int | None = None, n_boot: int | None = None, seed: int = 0,
+                     cache: FeatureCache | None = None) -> PairedComparison:
+    """Paired comparison of two settings' domain scores on the images both share (rows matched by image id;
+    each id must have the same domain on both sides). The k-means clusters are :func:`cached_kmeans`'s (the
+    ones behind the shown scores); the result is cached too."""
+    from core.analysis import stats
+    from core.analysis.metrics import DEFAULT_N_INIT
+    from core.analysis.sweep import cached_kmeans
+
+    n_init = DEFAULT_N_INIT if n_init is None else int(n_init)
+    n_boot = stats.N_BOOT if n_boot is None else int(n_boot)
+    cache = cache or FeatureCache()
+    pos_b = {i: k for k, i in enumerate(fs_b.ids)}
+    rows_a = [k for k, i in enumerate(fs_a.ids) if i in pos_b]
+    rows_b = [pos_b[fs_a.ids[k]] for k in rows_a]
+    if len(rows_a) < 2 * max(2, len(fs_a.domain_names)):
+        raise ValueError(f"A and B share {len(rows_a)} images: too few for a paired comparison; pick settings "
+                         "over the same dataset and sample")
+    if [fs_a.domains[k] for k in rows_a] != [fs_b.domains[k] for k in rows_b]:
+        raise ValueError("A and B give the same image different domains: compare settings over the same dataset")
+    key = stable_hash({"a": fs_a.cache_key, "block_a": block_a, "b": fs_b.cache_key, "block_b": block_b,
+                       "n_a": len(fs_a.ids), "n_b": len(fs_b.ids), "n_seeds": n_seeds, "n_init": n_init,
+                       "n_boot": n_boot, "seed": seed, "v": 1}, 32)
+    hit = cache.load_result("paired", key)
+    if hit is None:
+        ka = cached_kmeans(fs_a, block_a, "domain", n_seeds, n_init, cache)
+        kb = cached_kmeans(fs_b, block_b, "domain", n_seeds, n_init, cache)
+        ka, kb = ka.take(np.asarray(rows_a)), kb.take(np.asarray(rows_b))
+        kb.y = ka.y  # same domains (checked above); codes may differ only if a domain is missing on one side
+        d = stats.paired_score_differences(kb, ka, n_boot=n_boot, seed=seed)
+        hit = {f"{s}_{f}": np.array(getattr(d[s], f)) for s in ("nmi", "ami")
+               for f in ("estimate", "lo", "hi", "level", "n_boot", "method", "bias")}
+        cache.save_result("paired", key, hit)
+    iv = {s: Interval(float(hit[f"{s}_estimate"]), float(hit[f"{s}_lo"]), float(hit[f"{s}_hi"]),
+                      float(hit[f"{s}_level"]), int(hit[f"{s}_n_boot"]), str(hit[f"{s}_method"]),
+                      float(hit[f"{s}_bias"])) for s in ("nmi", "ami")}
+    return PairedComparison(iv["nmi"], iv["ami"], len(rows_a), n_seeds, n_init, n_boot)

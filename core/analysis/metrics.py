@@ -1,7 +1,11 @@
 """Scores of how features separate domains (and classes), all via scikit-learn.
 
 * NMI: k-means with K = number of labels on the full-dimension features, then
-  ``normalized_mutual_info_score(labels, clusters)`` (arithmetic); mean and std over k-means seeds.
+  ``normalized_mutual_info_score(labels, clusters)`` (arithmetic); mean and std over k-means seeds, each seed
+  one k-means run (``n_init=1``, the paper's protocol; ``n_init=3`` was DomainLens's old default).
+* AMI beside every NMI (chance level 0; NMI's chance level grows with the number of labels per image), the
+  NMI's chance floor (same clusters, permuted labels) and a 95 % interval over k-means seeds and a bootstrap
+  over images: :mod:`core.analysis.stats` states and implements them.
 * Domain predictability: cross-validated logistic-regression accuracy of predicting the domain.
 * Silhouette of the domain labels (cosine distance on standardized features).
 """
@@ -9,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -70,15 +74,15 @@ def kmeans_labels(features: np.ndarray, n_clusters: int, random_state: int = 0, 
     return km.fit_predict(X), km.cluster_centers_
 
 
-def nmi(features: np.ndarray, labels: np.ndarray, n_seeds: int = 5, minibatch: bool | None = None
-        ) -> tuple[float, float]:
+def nmi(features: np.ndarray, labels: np.ndarray, n_seeds: int = 5, minibatch: bool | None = None,
+        n_init: int = DEFAULT_N_INIT) -> tuple[float, float]:
     """NMI between ``labels`` and k-means clusters (K = number of distinct labels): (mean, std) over
-    ``n_seeds`` k-means seeds."""
+    ``n_seeds`` k-means seeds (0 .. n_seeds - 1), each the best of ``n_init`` runs (default one run)."""
     X, y = _check(features, labels)
     k = len(np.unique(y))
     if k < 2:
         return 0.0, 0.0
-    scores = [normalized_mutual_info_score(y, kmeans_labels(X, k, s, minibatch)[0]) for s in range(n_seeds)]
+    scores = [normalized_mutual_info_score(y, kmeans_labels(X, k, s, minibatch, n_init)[0]) for s in range(n_seeds)]
     return float(np.mean(scores)), float(np.std(scores))
 
 
@@ -106,6 +110,11 @@ def silhouette(features: np.ndarray, labels: np.ndarray, max_samples: int = 5000
 
 @dataclass
 class Scores:
+    """Scores of one feature matrix. NMI / AMI: mean and std (ddof 0) over k-means seeds; ``*_chance``: the
+    NMI the same clusters reach against permuted labels (mean, std: :func:`core.analysis.stats.chance_floor`);
+    ``*_lo`` / ``*_hi``: 95 % interval over k-means seeds and a bootstrap over images
+    (:func:`core.analysis.stats.score_interval`; nan when not computed)."""
+
     domain_nmi: float
     domain_nmi_std: float
     class_nmi: float
@@ -115,16 +124,89 @@ class Scores:
     n_images: int
     kmeans_fit_points: int = 0  # k-means was fitted on a seeded sample of this many points (all points labelled)
     probe_points: int = 0  # the domain probe used a stratified sample of this many points
+    domain_ami: float = float("nan")
+    domain_ami_std: float = float("nan")
+    class_ami: float = float("nan")
+    class_ami_std: float = float("nan")
+    domain_nmi_chance: float = float("nan")  # chance floor of the domain NMI: mean over label permutations
+    domain_nmi_chance_std: float = float("nan")
+    class_nmi_chance: float = float("nan")
+    class_nmi_chance_std: float = float("nan")
+    domain_nmi_lo: float = float("nan")
+    domain_nmi_hi: float = float("nan")
+    domain_ami_lo: float = float("nan")
+    domain_ami_hi: float = float("nan")
+    class_nmi_lo: float = float("nan")
+    class_nmi_hi: float = float("nan")
+    class_ami_lo: float = float("nan")
+    class_ami_hi: float = float("nan")
+    n_seeds: int = 0  # k-means seeds behind the means and stds
+    n_init: int = 0  # k-means runs per seed (best kept); 1 = one k-means per seed (0: unknown, older scores)
+    n_boot: int = 0  # bootstrap draws behind the intervals (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scores":
+        """Inverse of :meth:`to_dict` (values may be 0-d arrays, as the score cache stores them); unknown keys
+        are ignored and missing ones keep their defaults."""
+        out = {}
+        for f in fields(cls):
+            if f.name in d:
+                v = np.asarray(d[f.name]).item()
+                out[f.name] = int(v) if f.type in ("int", int) else float(v)
+        return cls(**out)
+
+    @property
+    def domain_within_chance(self) -> bool:
+        """The domain NMI is within its chance floor's spread (:meth:`core.analysis.stats.ChanceFloor.within`)."""
+        return _within(self.domain_nmi, self.domain_nmi_chance, self.domain_nmi_chance_std)
+
+    @property
+    def class_within_chance(self) -> bool:
+        """The class NMI is within its chance floor's spread."""
+        return _within(self.class_nmi, self.class_nmi_chance, self.class_nmi_chance_std)
+
+    def row(self) -> dict:
+        """:meth:`to_dict` plus the two within-chance flags: one row of a CSV."""
+        return {**self.to_dict(), "domain_within_chance": self.domain_within_chance,
+                "class_within_chance": self.class_within_chance}
+
+
+def _within(nmi_: float, chance: float, chance_std: float) -> bool:
+    from core.analysis.stats import ChanceFloor
+
+    if any(np.isnan(v) for v in (nmi_, chance, chance_std)):
+        return False
+    return ChanceFloor(chance, chance_std, 0.0, 0.0, 0).within(nmi_)
+
 
 def score_features(features: np.ndarray, domain_labels: np.ndarray, class_labels: np.ndarray,
-                   n_seeds: int = 5, probe: bool = True) -> Scores:
-    """All scores of one feature matrix (n_images, n_features)."""
-    dn, dns = nmi(features, domain_labels, n_seeds)
-    cn, cns = nmi(features, class_labels, n_seeds)
+                   n_seeds: int = 5, probe: bool = True, n_init: int = DEFAULT_N_INIT, n_boot: int | None = None,
+                   n_perm: int | None = None, seed: int = 0, keep: dict | None = None) -> Scores:
+    """All scores of one feature matrix (n_images, n_features): NMI and AMI against domains and classes
+    (k-means seeds 0 .. n_seeds - 1, ``n_init`` runs each), their chance floors (``n_perm`` label
+    permutations per seed) and intervals (``n_boot`` bootstrap draws over images, 0: none), the domain
+    probe and silhouette. Bootstrap and permutations are seeded by ``seed``. ``keep``: a dict that receives the
+    :class:`core.analysis.stats.KMeansScores` of "domain" and "class" (the clusters, for later bootstraps)."""
+    from core.analysis import stats
+
+    n_boot = stats.N_BOOT if n_boot is None else int(n_boot)
+    n_perm = stats.N_PERM if n_perm is None else int(n_perm)
+    out: dict = {}
+    for name, labels in (("domain", domain_labels), ("class", class_labels)):
+        ks = stats.cluster_scores(features, labels, n_seeds=n_seeds, n_init=n_init)
+        if keep is not None:
+            keep[name] = ks
+        out.update({f"{name}_nmi": ks.nmi_mean, f"{name}_nmi_std": ks.nmi_std,
+                    f"{name}_ami": ks.ami_mean, f"{name}_ami_std": ks.ami_std})
+        if ks.n_labels >= 2:
+            floor = stats.chance_floor(ks, n_perm=n_perm, seed=seed)
+            out.update({f"{name}_nmi_chance": floor.nmi_mean, f"{name}_nmi_chance_std": floor.nmi_std})
+            if n_boot > 0:
+                for stat, ci in stats.score_intervals(ks, n_boot=n_boot, seed=seed).items():
+                    out.update({f"{name}_{stat}_lo": ci.lo, f"{name}_{stat}_hi": ci.hi})
     n = len(features)
     k = max(len(np.unique(domain_labels)), len(np.unique(class_labels)))
     fit = n if n <= max(FIT_SAMPLE, 20 * k) else max(FIT_SAMPLE, 20 * k)
@@ -134,7 +216,9 @@ def score_features(features: np.ndarray, domain_labels: np.ndarray, class_labels
         idx = _stratified(np.asarray(domain_labels), n_probe)
         acc = probe_accuracy(np.asarray(features)[idx], np.asarray(domain_labels)[idx])
     sil = silhouette(features, domain_labels)
-    return Scores(dn, dns, cn, cns, acc, sil, int(n), int(fit), int(n_probe if probe else 0))
+    return Scores(domain_probe_acc=acc, domain_silhouette=sil, n_images=int(n), kmeans_fit_points=int(fit),
+                  probe_points=int(n_probe if probe else 0), n_seeds=int(n_seeds), n_init=int(n_init),
+                  n_boot=int(n_boot), **out)
 
 
 PROBE_SAMPLE = 20_000  # the cross-validated domain probe runs on at most this many points (stratified, seeded)

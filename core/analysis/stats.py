@@ -12,7 +12,8 @@ Public API
     cluster labels of every seed, so bootstraps and chance floors need no re-clustering.
 ``KMeansScores``
     ``y`` (label codes), ``clusters`` (n_seeds, n), per-seed ``nmi``, ``ami``, ``emi`` arrays;
-    ``nmi_mean/nmi_std/ami_mean/ami_std`` (std over seeds, ``ddof=0``), ``take(rows)``.
+    ``nmi_mean/nmi_std/ami_mean/ami_std`` (std over seeds, ``ddof=0``), ``take(rows)``, ``to_arrays()`` /
+    ``from_arrays(d)`` (a result-cache round trip).
 ``contingency_scores(y, c, rows=None, emi=None) -> (nmi, ami)``
     NMI and AMI of two label vectors (of the ``rows`` resample when given) from their contingency table;
     equal to scikit-learn's ``normalized_mutual_info_score`` / ``adjusted_mutual_info_score`` (arithmetic).
@@ -27,9 +28,11 @@ Public API
     Bootstrap over images of any statistic ``stat_fn(rows) -> float``.
 ``paired_bootstrap(stat_a, stat_b, n, n_boot=200, seed=0, alpha=0.05) -> Interval``
     Interval of the difference A - B, both evaluated on the SAME resampled images in every draw.
-``score_interval(runs, stat="nmi", n_boot=200, seed=0, alpha=0.05) -> Interval``
+``score_intervals(runs, n_boot=200, seed=0, alpha=0.05) -> {"nmi": Interval, "ami": Interval}``
+    (``score_interval(runs, stat="nmi", ...)``: one of them.)
     Interval of a mean k-means score that combines noise seeds (one ``KMeansScores`` per extraction seed,
     all on the same images), k-means seeds and a bootstrap over images (hierarchical bootstrap, below).
+``paired_score_differences(runs_a, runs_b, n_boot=200, seed=0, alpha=0.05) -> {"nmi": .., "ami": ..}``
 ``paired_score_difference(runs_a, runs_b, stat="nmi", n_boot=200, seed=0, alpha=0.05) -> Interval``
     The same for the difference A - B, images (and noise seeds, when both sides have the same number)
     paired.
@@ -75,8 +78,8 @@ Statistics
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -89,6 +92,7 @@ CHANCE_SIGMAS = 2.0  # "within chance": at or below floor mean + CHANCE_SIGMAS *
 EXACT_EMI_MAX_OPS = 5_000_000  # exact expected MI above this cost (~0.5 s) is replaced by a permutation estimate
 EMI_PERMUTATIONS = 20  # permutations behind the Monte-Carlo expected MI
 _EPS = np.finfo("float64").eps
+_TOL = 1e-12
 
 
 # --------------------------------------------------------------------------------------------------- intervals
@@ -107,8 +111,9 @@ class Interval:
 
     @property
     def excludes_zero(self) -> bool:
-        """True when the whole interval lies on one side of 0 (a difference is then called)."""
-        return bool(self.lo > 0 or self.hi < 0)
+        """True when the whole interval lies on one side of 0 (a difference is then called); bounds within
+        1e-12 of 0 (floating-point residue of identical settings) count as 0."""
+        return bool(self.lo > _TOL or self.hi < -_TOL)
 
     def contains(self, x: float) -> bool:
         return bool(self.lo <= x <= self.hi)
@@ -151,11 +156,14 @@ def _interval(estimate: float, draws: np.ndarray, alpha: float, method: str) -> 
     return Interval(float(estimate), float(lo), float(hi), 1 - alpha, b, method, float(draws.mean() - estimate))
 
 
-def bootstrap_rows(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """(n_boot, n) row indices drawn with replacement: the image resamples every bootstrap here uses."""
+def bootstrap_rows(n: int, n_boot: int = N_BOOT, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_boot`` resamples of ``n`` row indices drawn with replacement, one (n,) array at a time (seeded: the
+    same ``seed`` gives the same resamples, which is what pairs A and B): every bootstrap here uses them."""
     if n < 1:
         raise ValueError("cannot bootstrap an empty sample")
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n, size=n)
 
 
 def bootstrap_ci(stat_fn: Callable[[np.ndarray], float], n: int, n_boot: int = N_BOOT, seed: int = 0,
@@ -318,6 +326,21 @@ class KMeansScores:
                             np.array([o[2] for o in out]), all(o[3] for o in out), self.n_init, self.seeds,
                             self.label_names)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays for a result cache (:meth:`from_arrays` inverts it)."""
+        small = np.int16 if max(self.n_labels, int(self.clusters.max(initial=0)) + 1) < 2**15 else np.int32
+        return {"y": self.y.astype(small), "clusters": self.clusters.astype(small), "nmi": self.nmi,
+                "ami": self.ami, "emi": self.emi, "emi_exact": np.array(self.emi_exact),
+                "n_init": np.array(self.n_init), "seeds": np.array(self.seeds, dtype=np.int64),
+                "label_names": np.array(self.label_names, dtype=str)}
+
+    @classmethod
+    def from_arrays(cls, d: dict) -> "KMeansScores":
+        return cls(np.asarray(d["y"]).astype(np.int64), np.asarray(d["clusters"]).astype(np.int64),
+                   np.asarray(d["nmi"], float), np.asarray(d["ami"], float), np.asarray(d["emi"], float),
+                   bool(np.asarray(d["emi_exact"])), int(np.asarray(d["n_init"])),
+                   tuple(int(v) for v in np.asarray(d["seeds"])), tuple(str(v) for v in np.asarray(d["label_names"])))
+
 
 def _seed_scores(y: np.ndarray, c: np.ndarray, k: int, seed: int) -> tuple[float, float, float, bool]:
     kc = max(int(c.max()) + 1 if len(c) else 1, 1)
@@ -420,22 +443,68 @@ def _as_runs(runs: KMeansScores | Sequence[KMeansScores]) -> list[KMeansScores]:
     return runs
 
 
-def _draw_values(runs: list[KMeansScores], rows: np.ndarray, stat: str) -> np.ndarray:
-    """(n_boot, n_runs, n_seeds) score of every (noise run, k-means seed) on every image resample."""
-    if stat not in ("nmi", "ami"):
-        raise ValueError(f"stat must be 'nmi' or 'ami', got {stat!r}")
+def _batch_nmi_ami(conts: np.ndarray, emi: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_nmi_ami` of a stack of contingency tables (B, k, kc) at once (AMI with the fixed ``emi``)."""
+    conts = conts.astype(float)
+    n = conts.sum((1, 2))
+    a, b = conts.sum(2), conts.sum(1)  # (B, k), (B, kc)
+
+    def h(m: np.ndarray) -> np.ndarray:
+        p = m / n[:, None]
+        return -np.sum(np.where(m > 0, p * np.log(np.where(m > 0, p, 1)), 0), axis=1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = conts * n[:, None, None] / (a[:, :, None] * b[:, None, :])
+        mi = np.sum(np.where(conts > 0, conts * np.log(np.where(conts > 0, ratio, 1)), 0), axis=(1, 2)) / n
+    mi = np.maximum(mi, 0)
+    norm = (h(a) + h(b)) / 2
+    ka, kb = (a > 0).sum(1), (b > 0).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nmi = np.where(mi == 0, 0.0, mi / norm)
+        den, num = norm - emi, mi - emi
+        den = np.where(den < 0, np.minimum(den, -_EPS), np.maximum(den, _EPS))
+        num = np.where(num < 0, np.minimum(num, -_EPS), np.maximum(num, _EPS))
+        ami = num / den
+    ami = np.where((ka == 1) | (kb == 1), 0.0, ami)
+    same = ((ka == 1) & (kb == 1)) | ((ka == 0) & (kb == 0))
+    return np.where(same, 1.0, nmi), np.where(same, 1.0, ami)
+
+
+_BATCH_CELLS = 2_000_000  # contingency cells scored at once (memory bound of the batched scores)
+
+
+def _draw_values(runs: list[KMeansScores], rows: Iterator[np.ndarray]) -> dict[str, np.ndarray]:
+    """{"nmi", "ami"}: (n_boot, n_runs, n_seeds) score of every (noise run, k-means seed) on every image
+    resample (AMI with each seed's full-sample expected MI). Each resample becomes per-image counts once;
+    every seed's contingency table is a weighted count of its (label, cluster) pairs."""
     n_seeds = min(r.n_seeds for r in runs)
-    out = np.empty((len(rows), len(runs), n_seeds))
+    n = len(runs[0].y)
+    tables = []  # (run, seed, codes, shape, emi)
     for ri, run in enumerate(runs):
         k = max(run.n_labels, 1)
         for si in range(n_seeds):
             c = run.clusters[si]
             kc = int(c.max()) + 1 if len(c) else 1
-            codes = run.y * kc + c
-            emi = float(run.emi[si]) if stat == "ami" else None
-            for b, r in enumerate(rows):
-                out[b, ri, si] = _nmi_ami(_contingency(codes, (k, kc), r), emi)[0 if stat == "nmi" else 1]
+            tables.append((ri, si, run.y * kc + c, (k, kc), float(run.emi[si])))
+    conts: list[list[np.ndarray]] = [[] for _ in tables]
+    for r in rows:
+        w = np.bincount(r, minlength=n).astype(float)
+        for t, (_, _, codes, shape, _) in enumerate(tables):
+            conts[t].append(np.bincount(codes, weights=w, minlength=shape[0] * shape[1]))
+    n_boot = len(conts[0]) if tables else 0
+    out = {s: np.empty((n_boot, len(runs), n_seeds)) for s in ("nmi", "ami")}
+    for t, (ri, si, _, shape, emi) in enumerate(tables):
+        step = max(1, _BATCH_CELLS // (shape[0] * shape[1]))
+        for start in range(0, n_boot, step):
+            batch = np.stack(conts[t][start:start + step]).reshape(-1, *shape)
+            out["nmi"][start:start + step, ri, si], out["ami"][start:start + step, ri, si] = _batch_nmi_ami(batch, emi)
+        conts[t] = []
     return out
+
+
+def _check_stat(stat: str) -> None:
+    if stat not in ("nmi", "ami"):
+        raise ValueError(f"stat must be 'nmi' or 'ami', got {stat!r}")
 
 
 def _hier_means(values: np.ndarray, rng: np.random.Generator, run_picks: np.ndarray | None = None
@@ -450,18 +519,53 @@ def _hier_means(values: np.ndarray, rng: np.random.Generator, run_picks: np.ndar
     return values[b, run_picks[:, :, None], seed_picks].mean(axis=(1, 2)), run_picks
 
 
-def score_interval(runs: KMeansScores | Sequence[KMeansScores], stat: str = "nmi", n_boot: int = N_BOOT,
-                   seed: int = 0, alpha: float = ALPHA, method: str = "shift") -> Interval:
-    """Interval of the mean ``stat`` ("nmi" or "ami") over noise seeds x k-means seeds, from the
-    hierarchical bootstrap of the module doc: ``runs`` is one :class:`KMeansScores` per noise (extraction)
-    seed, all on the same images. The estimate is the plain mean over every (noise seed, k-means seed)."""
+def score_intervals(runs: KMeansScores | Sequence[KMeansScores], n_boot: int = N_BOOT, seed: int = 0,
+                    alpha: float = ALPHA, method: str = "shift") -> dict[str, Interval]:
+    """``{"nmi": Interval, "ami": Interval}`` of the mean score over noise seeds x k-means seeds, from the
+    hierarchical bootstrap of the module doc (one pass over the resamples for both): ``runs`` is one
+    :class:`KMeansScores` per noise (extraction) seed, all on the same images. Each estimate is the plain
+    mean over every (noise seed, k-means seed)."""
     runs = _as_runs(runs)
     n_seeds = min(r.n_seeds for r in runs)
-    est = float(np.mean([getattr(r, stat)[:n_seeds] for r in runs]))
-    rng = np.random.default_rng(seed)
-    rows = bootstrap_rows(len(runs[0].y), n_boot, seed)
-    means, _ = _hier_means(_draw_values(runs, rows, stat), rng)
-    return _interval(est, means, alpha, method)
+    values = _draw_values(runs, bootstrap_rows(len(runs[0].y), n_boot, seed))
+    out = {}
+    for stat in ("nmi", "ami"):
+        est = float(np.mean([getattr(r, stat)[:n_seeds] for r in runs]))
+        means, _ = _hier_means(values[stat], np.random.default_rng(seed))
+        iv = _interval(est, means, alpha, method)
+        # the shift can push a bound past the score's range: NMI lies in [0, 1], AMI is at most 1
+        out[stat] = replace(iv, lo=max(iv.lo, 0.0) if stat == "nmi" else iv.lo, hi=min(iv.hi, 1.0))
+    return out
+
+
+def score_interval(runs: KMeansScores | Sequence[KMeansScores], stat: str = "nmi", n_boot: int = N_BOOT,
+                   seed: int = 0, alpha: float = ALPHA, method: str = "shift") -> Interval:
+    """The ``stat`` ("nmi" or "ami") entry of :func:`score_intervals`."""
+    _check_stat(stat)
+    return score_intervals(runs, n_boot, seed, alpha, method)[stat]
+
+
+def paired_score_differences(runs_a: KMeansScores | Sequence[KMeansScores],
+                             runs_b: KMeansScores | Sequence[KMeansScores], n_boot: int = N_BOOT, seed: int = 0,
+                             alpha: float = ALPHA, method: str = "shift") -> dict[str, Interval]:
+    """``{"nmi": Interval, "ami": Interval}`` of A minus B, as :func:`paired_score_difference` (one pass)."""
+    runs_a, runs_b = _as_runs(runs_a), _as_runs(runs_b)
+    if not np.array_equal(runs_a[0].y, runs_b[0].y):
+        raise ValueError("A and B must score the same images in the same order (same labels); align them "
+                         "first (KMeansScores.take on the shared image ids)")
+    n = len(runs_a[0].y)  # the same seed gives A and B the same image resamples
+    va = _draw_values(runs_a, bootstrap_rows(n, n_boot, seed))
+    vb = _draw_values(runs_b, bootstrap_rows(n, n_boot, seed))
+    sa, sb = min(r.n_seeds for r in runs_a), min(r.n_seeds for r in runs_b)
+    out = {}
+    for stat in ("nmi", "ami"):
+        est = float(np.mean([getattr(r, stat)[:sa] for r in runs_a]) -
+                    np.mean([getattr(r, stat)[:sb] for r in runs_b]))
+        rng = np.random.default_rng(seed)
+        ma, picks = _hier_means(va[stat], rng)
+        mb, _ = _hier_means(vb[stat], rng, picks if len(runs_a) == len(runs_b) else None)
+        out[stat] = _interval(est, ma - mb, alpha, method)
+    return out
 
 
 def paired_score_difference(runs_a: KMeansScores | Sequence[KMeansScores],
@@ -471,14 +575,5 @@ def paired_score_difference(runs_a: KMeansScores | Sequence[KMeansScores],
     """Interval of mean ``stat`` of A minus that of B (paired bootstrap, module doc): the same image
     resample for both in every draw; the same noise-seed draw too when both have equally many runs
     (run i of A and B must then share noise seed i). Rows must be the same images on both sides."""
-    runs_a, runs_b = _as_runs(runs_a), _as_runs(runs_b)
-    if not np.array_equal(runs_a[0].y, runs_b[0].y):
-        raise ValueError("A and B must score the same images in the same order (same labels); align them "
-                         "first (KMeansScores.take on the shared image ids)")
-    sa, sb = min(r.n_seeds for r in runs_a), min(r.n_seeds for r in runs_b)
-    est = float(np.mean([getattr(r, stat)[:sa] for r in runs_a]) - np.mean([getattr(r, stat)[:sb] for r in runs_b]))
-    rng = np.random.default_rng(seed)
-    rows = bootstrap_rows(len(runs_a[0].y), n_boot, seed)
-    ma, picks = _hier_means(_draw_values(runs_a, rows, stat), rng)
-    mb, _ = _hier_means(_draw_values(runs_b, rows, stat), rng, picks if len(runs_a) == len(runs_b) else None)
-    return _interval(est, ma - mb, alpha, method)
+    _check_stat(stat)
+    return paired_score_differences(runs_a, runs_b, n_boot, seed, alpha, method)[stat]

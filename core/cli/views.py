@@ -71,6 +71,8 @@ def add_parsers(sub, add_extraction_args) -> None:
     s.add_argument("--ensembles", type=_ints, default=[1, 2, 4, 8])
     s.add_argument("--kmeans-seeds", type=int, default=10)
     s.add_argument("--bootstraps", type=int, default=20)
+    s.add_argument("--n-init", type=int, default=1, help="k-means runs per seed, the best kept (default 1: one "
+                                                          "k-means, as in the paper)")
     s.add_argument("--difference", type=float, default=None,
                    help="a domain-NMI difference you are looking at: says whether chance alone could explain it")
     s.add_argument("--out", required=True, help="output folder")
@@ -119,6 +121,8 @@ def _add_view13_parsers(sub, add_extraction_args) -> None:
     gb.add_argument("--prompt-template-b", default=None, help="B's class template (default: A's prompt)")
     w.add_argument("--k", type=int, default=MOVED_K, help=f"neighbours compared per image (default {MOVED_K})")
     w.add_argument("--n-seeds", type=int, default=5, help="k-means seeds of the per-domain NMI (default 5)")
+    w.add_argument("--n-init", type=int, default=1, help="k-means runs per seed, the best kept (default 1: one "
+                                                          "k-means, as in the paper)")
     w.add_argument("--out", required=True, help="output folder")
 
 
@@ -248,16 +252,17 @@ def cmd_stability(args) -> int:
     update, close = _progress(args, "stability")
     try:
         st = stability(cfg, block, noise_seeds=args.noise_seeds, ensembles=args.ensembles,
-                       kmeans_seeds=args.kmeans_seeds, bootstraps=args.bootstraps, model=model,
+                       kmeans_seeds=args.kmeans_seeds, bootstraps=args.bootstraps, n_init=args.n_init, model=model,
                        batch_size=args.batch_size, cache_dir=args.cache_dir, progress=update)
     finally:
         close()
     print(st.summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"paper's single-draw protocol: domain NMI {st.reference:.3f}")
     if args.difference is not None:
-        print(spread_sentence(st.summary, args.difference))
+        print(spread_sentence(st.summary, args.difference, st.n_seeds))
     opts = dict(timesteps=args.timesteps or [50], block=block, noise_seeds=args.noise_seeds, ensembles=args.ensembles,
-                kmeans_seeds=args.kmeans_seeds, bootstraps=args.bootstraps)
+                kmeans_seeds=args.kmeans_seeds, bootstraps=args.bootstraps,
+                n_init=args.n_init if args.n_init != 1 else None)
     spec = {"view": "stability", "extraction": cfg.to_dict(), **opts, "reference": st.reference,
             "cli": command("stability", **_common_opts(args), **opts, out=args.out)}
     _write(Path(args.out), spec, {"draws": st.draws, "summary": st.summary}, stability_figure(st), "stability")
@@ -411,7 +416,7 @@ def cmd_what_moved(args) -> int:
     from dataclasses import replace
 
     from core import figures
-    from core.analysis.explore import explore_view
+    from core.analysis.explore import compare_settings, explore_view
     from core.analysis.moved import what_moved
     from core.analysis.prompt_audit import load
     from core.analysis.reduce import ReductionConfig
@@ -433,24 +438,31 @@ def cmd_what_moved(args) -> int:
         update, close = _progress(args, f"setting {name}")
         try:
             results[name] = explore_view(cfg, block, red, all_blocks=False, model=model, batch_size=args.batch_size,
-                                         cache_dir=args.cache_dir, progress=update, n_seeds=args.n_seeds)
+                                         cache_dir=args.cache_dir, progress=update, n_seeds=args.n_seeds,
+                                         n_init=args.n_init)
         finally:
             close()
     ra, rb = results["A"], results["B"]
     moved = what_moved(ra.features, block_a, rb.features, block_b, k=args.k, n_seeds=args.n_seeds,
                        cache=FeatureCache(args.cache_dir))
     scores = figures.score_table(ra.scores, rb.scores)
+    paired = compare_settings(ra.features, block_a, rb.features, block_b, n_seeds=args.n_seeds, n_init=args.n_init,
+                              seed=args.seed, cache=FeatureCache(args.cache_dir))
+    print(paired.verdict())
     print(f"{moved.n_common} shared images, k = {moved.k}; the 10 most moved:")
     print(moved.table.drop(columns=["path"]).head(10).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(moved.per_domain.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
     opts = dict(timesteps=[ta], block=block_a, model_b=args.model_b, block_b=block_b, timestep_b=args.timestep_b,
                 prompt_b=args.prompt_b, prompt_template_b=args.prompt_template_b, k=args.k,
-                n_seeds=args.n_seeds if args.n_seeds != 5 else None)
+                n_seeds=args.n_seeds if args.n_seeds != 5 else None, n_init=args.n_init if args.n_init != 1 else None)
     spec = {"view": "what-moved", "A": {"extraction": cfg_a.to_dict(), "block": block_a},
             "B": {"extraction": cfg_b.to_dict(), "block": block_b}, "k": moved.k, "n_seeds": args.n_seeds,
             "n_common": moved.n_common, "api": "core.analysis.moved.what_moved(fs_a, block_a, fs_b, block_b, k)",
             "cli": command("what-moved", **_common_opts(args), **opts, out=args.out)}
-    _write(Path(args.out), spec, {"what_moved": moved.table, "per_domain_nmi": moved.per_domain, "scores": scores})
+    spec["paired"] = {"nmi": paired.nmi.to_dict(), "ami": paired.ami.to_dict(), "n_common": paired.n_common,
+                      "api": "core.analysis.explore.compare_settings(fs_a, block_a, fs_b, block_b)"}
+    _write(Path(args.out), spec, {"what_moved": moved.table, "per_domain_nmi": moved.per_domain, "scores": scores,
+                                  "paired_difference": paired.to_frame()})
     return 0
 
 

@@ -381,9 +381,13 @@ def shared_ranges(*embeddings: np.ndarray, pad: float = 0.05) -> tuple[list[floa
 
 
 def score_table(a, b, names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
-    """Two :class:`core.analysis.metrics.Scores` side by side with the difference (second minus first)."""
+    """Two :class:`core.analysis.metrics.Scores` side by side with the difference (second minus first); AMI
+    and the NMI chance floors beside the NMIs (for a paired interval of the difference:
+    :func:`core.analysis.explore.compare_settings`)."""
     rows = []
-    for key, label in (("domain_nmi", "domain NMI"), ("class_nmi", "class NMI"),
+    for key, label in (("domain_nmi", "domain NMI"), ("domain_ami", "domain AMI"),
+                       ("domain_nmi_chance", "domain NMI chance"), ("class_nmi", "class NMI"),
+                       ("class_ami", "class AMI"), ("class_nmi_chance", "class NMI chance"),
                        ("domain_probe_acc", "domain predictability"), ("domain_silhouette", "domain silhouette")):
         va, vb = float(getattr(a, key)), float(getattr(b, key))
         rows.append({"score": label, names[0]: va, names[1]: vb, "delta": vb - va})

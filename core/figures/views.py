@@ -150,15 +150,21 @@ def cka_heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *,
 
 
 def stability_figure(stab, *, title: str | None = None, height: int = 420) -> go.Figure:
-    """One band per source of chance (min-max as a bar, mean ± std as a line, every draw as a dot) and
-    the paper's single-draw protocol as a dashed line."""
+    """One band per source (mean ± 1.96 std as a bar, mean ± std as a line, every draw as a dot; standard
+    deviations, not ranges, which grow with the number of draws) and the paper's single-draw protocol as a
+    dashed line. A systematic source (ensemble size) is labelled so: its draws trace an effect, not chance."""
     fig = go.Figure()
     sm = stab.summary
     for i, r in sm.reset_index(drop=True).iterrows():
-        fig.add_trace(go.Bar(x=[r["spread"]], y=[r["source"]], base=[r["min"]], orientation="h",
-                             marker=dict(color=color_for(i), opacity=0.25), showlegend=False,
-                             hovertemplate=f"{r['source']}: {r['min']:.3f} – {r['max']:.3f} "
-                                           f"(spread {r['spread']:.3f}, {int(r['n'])} draws)<extra></extra>"))
+        kind = r.get("kind", "chance")
+        lo, hi = r["mean"] - 1.96 * r["std"], r["mean"] + 1.96 * r["std"]
+        note = (f"systematic: largest − smallest setting {r['effect']:+.3f}" if kind == "systematic"
+                else f"95 % band {lo:.3f} – {hi:.3f}")
+        fig.add_trace(go.Bar(x=[hi - lo], y=[r["source"]], base=[lo], orientation="h",
+                             marker=dict(color=color_for(i), opacity=0.12 if kind == "systematic" else 0.25,
+                                         pattern_shape="/" if kind == "systematic" else ""), showlegend=False,
+                             hovertemplate=f"{r['source']}: mean {r['mean']:.3f}, std {r['std']:.3f} "
+                                           f"({int(r['n'])} draws); {note}<extra></extra>"))
         d = stab.draws[stab.draws["source"] == r["source"]]
         fig.add_trace(go.Scatter(x=d["domain_nmi"], y=[r["source"]] * len(d), mode="markers", showlegend=False,
                                  marker=dict(color=color_for(i), size=9, line=dict(width=1, color="white")),

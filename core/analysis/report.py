@@ -58,7 +58,7 @@ from core.analysis import paper as paper_ref
 from core.analysis.metrics import DEFAULT_N_INIT
 from core.analysis.reduce import ReductionConfig, cached_reduce
 from core.analysis.stats import (N_BOOT, ChanceFloor, Interval, KMeansScores, chance_floor, cluster_scores,
-                                 paired_score_difference, score_interval)
+                                 paired_score_difference, score_intervals)
 from core.analysis.sweep import cached_scores
 from core.data import builtin
 from core.data.datasets import Dataset, ImageRecord, load_dataset
@@ -357,16 +357,12 @@ def _kmeans(fs: FeatureSet, block: str, labels: Sequence[str], n_seeds: int, cac
     y = np.asarray(labels)
     key = stable_hash({"features": fs.cache_key, "block": block, "ids": stable_hash(list(fs.ids), 32),
                        "labels": stable_hash([str(v) for v in y], 32), "n_seeds": n_seeds,
-                       "n_init": DEFAULT_N_INIT, "v": 1}, 32)
+                       "n_init": DEFAULT_N_INIT, "v": 2}, 32)
     hit = cache.load_result("kmeans", key)
     if hit is not None:
-        return KMeansScores(y=hit["y"].astype(np.int64), clusters=hit["clusters"].astype(np.int64), nmi=hit["nmi"],
-                            ami=hit["ami"], emi=hit["emi"], emi_exact=bool(hit["emi_exact"]),
-                            n_init=int(hit["n_init"]), seeds=tuple(int(s) for s in hit["seeds"]))
+        return KMeansScores.from_arrays(hit)
     s = cluster_scores(fs.features[block], y, n_seeds=n_seeds, n_init=DEFAULT_N_INIT)
-    cache.save_result("kmeans", key, {"y": s.y, "clusters": s.clusters, "nmi": s.nmi, "ami": s.ami, "emi": s.emi,
-                                      "emi_exact": np.array(s.emi_exact), "n_init": np.array(s.n_init),
-                                      "seeds": np.array(s.seeds, dtype=np.int64)})
+    cache.save_result("kmeans", key, s.to_arrays())
     return s
 
 
@@ -529,8 +525,8 @@ def build_report(
                         row[f"{lab}_{col}"] = float("nan")
                     row[f"{lab}_within_chance"] = False
                     continue
-                ni = score_interval(rr, "nmi", config.n_boot, config.seed)
-                ai = score_interval(rr, "ami", config.n_boot, config.seed)
+                ivs = score_intervals(rr, config.n_boot, config.seed)
+                ni, ai = ivs["nmi"], ivs["ami"]
                 fl: ChanceFloor = chance_floor(rr[0], seed=config.seed)
                 row.update({f"{lab}_nmi": ni.estimate, f"{lab}_nmi_lo": ni.lo, f"{lab}_nmi_hi": ni.hi,
                             f"{lab}_nmi_std": float(np.mean([x.nmi_std for x in rr])),

@@ -468,7 +468,10 @@ def build_report(
                 for b in fs.features:
                     s = cached_scores(fs, b, config.n_seeds, False, cache)
                     rows.append({"block": b, "timestep": t, "domain_nmi": s.domain_nmi,
-                                 "domain_nmi_std": s.domain_nmi_std, "class_nmi": s.class_nmi,
+                                 "domain_nmi_std": s.domain_nmi_std, "domain_nmi_lo": s.domain_nmi_lo,
+                                 "domain_nmi_hi": s.domain_nmi_hi, "domain_ami": s.domain_ami,
+                                 "domain_nmi_chance": s.domain_nmi_chance,
+                                 "domain_nmi_chance_std": s.domain_nmi_chance_std, "class_nmi": s.class_nmi,
                                  "class_nmi_std": s.class_nmi_std, "n_images": s.n_images})
                 advance(n_grid[d])
             df = pd.DataFrame(rows)
@@ -730,13 +733,24 @@ def _md_fence(text: str, lang: str = "") -> list[str]:
     return [fence + lang, text, fence]
 
 
-def _grid(df: pd.DataFrame, value: str, order: Sequence[str]) -> pd.DataFrame:
+def _grid_cell(r: pd.Series) -> str:
+    """A sweep cell: domain NMI with its interval (k-means seeds x images, one noise draw), † within chance,
+    and the AMI."""
+    iv = Interval(float(r["domain_nmi"]), float(r["domain_nmi_lo"]), float(r["domain_nmi_hi"]))
+    chance = r["domain_nmi"] <= r["domain_nmi_chance"] + 2 * r["domain_nmi_chance_std"]
+    return f"{iv.format(3)}{' ' + CHANCE_MARK if chance else ''} · AMI {r['domain_ami']:.3f}"
+
+
+def grid_frame(df: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """The sweep of one (dataset, model) as a block x timestep table of :func:`_grid_cell` strings."""
     d = df.copy()
+    d["cell"] = [_grid_cell(r) for _, r in d.iterrows()]
     d["t"] = ["n/a" if pd.isna(v) else str(int(v)) for v in d["timestep"]]
     blocks = [b for b in order if b in set(d["block"])]
     tcols = sorted(d["t"].unique(), key=lambda s: (s == "n/a", int(s) if s != "n/a" else 0))
-    g = d.pivot_table(index="block", columns="t", values=value, aggfunc="mean").reindex(index=blocks, columns=tcols)
-    return g
+    g = d.pivot(index="block", columns="t", values="cell").reindex(index=blocks, columns=tcols).fillna("")
+    g.insert(0, "block \\ t", g.index)
+    return g.reset_index(drop=True)
 
 
 def _stability_frame(rep: Report) -> pd.DataFrame:
@@ -806,6 +820,13 @@ def _legend(rep: Report) -> list[str]:
     return out
 
 
+def _grid_note(rep: Report) -> str:
+    where = "the selection images (disjoint from the reported ones)" if rep.config.select == "best" \
+        else "every selected image"
+    return (f"On {where}, first noise draw: domain NMI, mean over {rep.config.n_seeds} k-means seeds, with its 95 % "
+            f"interval over k-means seeds and images; {CHANCE_MARK} within chance; AMI beside it.")
+
+
 def render_markdown(rep: Report) -> str:
     c = rep.config
     out = ["# DomainLens report", "", "Built with:", "", *_md_fence(rep.command, "bash"), "",
@@ -829,15 +850,11 @@ def render_markdown(rep: Report) -> str:
             rows.append({"dataset": f"{_short(d)} (= {name})",
                          **{m: f"{nums[m][0]:.2f} / {nums[m][1]:.2f}" for m in paper_ref.PAPER_MODELS}})
         out += [_md_table(pd.DataFrame(rows)), ""]
-    where = "the selection images" if c.select == "best" else "every selected image"
-    out += ["## Per model: domain NMI over blocks x timesteps", "", f"Mean over k-means seeds, on {where}.", ""]
+    out += ["## Per model: domain NMI over blocks x timesteps", "", _md_escape(_grid_note(rep)), ""]
     for m in c.models:
         for d in c.datasets:
-            g = _grid(rep.sweeps[(d, m)], "domain_nmi", rep.block_orders[m])
-            g = g.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-            g.insert(0, "block \\ t", g.index)
             out += [f"### {_md_escape(_short(m))} on {_md_escape(_short(d))}", "",
-                    _md_table(g.reset_index(drop=True)), ""]
+                    _md_table(grid_frame(rep.sweeps[(d, m)], rep.block_orders[m])), ""]
     out += ["## Stability over noise draws", "", _md_table(_stability_frame(rep)), ""]
     versions, models, dsets = _repro_frames(rep)
     out += ["## Reproducibility", "", "Command:", "", *_md_fence(rep.command, "bash"), "",
@@ -1072,6 +1089,13 @@ def render_html(rep: Report, plotly_js: str = "gzip") -> str:
         for t, f in heat:
             scripts.append(f)
             parts.append(f"<div class='fig' id='fig{len(scripts)}'></div>")
+        if heat:
+            parts.append("</div><details><summary>The same as tables, with intervals and AMI</summary>"
+                         f"<p class='note'>{e(_grid_note(rep))}</p>")
+            for d in c.datasets:
+                parts += [f"<h4>{e(_short(m))} on {e(_short(d))}</h4>",
+                          _html_table(grid_frame(rep.sweeps[(d, m)], rep.block_orders[m]))]
+            parts.append("</details><div>")
         parts.append("</div><h3>t-SNE of the reported images per dataset, coloured by domain (for looking, not for "
                      "the numbers)</h3><div class='grid'>" if c.tsne_points else
                      "</div><p class='note'>No t-SNE panels (--tsne-points 0).</p><div>")

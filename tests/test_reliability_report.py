@@ -183,6 +183,10 @@ def test_best_selection_chooses_on_fold_a_and_reports_fold_b(tmp_path):
     md, tex = render_markdown(rep), render_latex(rep)
     assert "chosen on fold A (6 images" in md and "reported on the disjoint fold B (6 images)" in md
     assert "deviation from the paper" in tex.lower() and "fold B" in tex
+    # the table the choice ranks: every cell with its interval and AMI, on the selection images only
+    grid = md.split("## Per model")[1].split("## Stability")[0]
+    assert "On the selection images (disjoint from the reported ones)" in grid
+    assert len(re.findall(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]( †)? · AMI -?\d\.\d{3}", grid)) == len(scores)
 
 
 def test_split_folds_are_stratified_and_seeded():

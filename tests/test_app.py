@@ -139,6 +139,11 @@ def test_explore_metrics_and_chart_match_core(tiny_app, tiny_sd_dir):
     assert_clean(at)
     ref = core_explore(str(tiny_sd_dir))
     assert metrics(at) == expected_metrics(ref.scores)
+    from pages._output import chance_line  # AMI, chance floor and interval under each NMI
+
+    captions = [c.value for c in at.caption]
+    assert chance_line(ref.scores, "domain") in captions and chance_line(ref.scores, "class") in captions
+    assert f"AMI {ref.scores.domain_ami:.3f}" in chance_line(ref.scores, "domain")
 
     (fig,) = charts(at)
     assert [t.name for t in fig.data] == ["cartoon", "painting", "photo", "sketch"]  # one trace per domain
@@ -462,6 +467,10 @@ def test_compare_page_aligns_b_to_a_and_shows_deltas(tiny_app, tiny_sd_dir):
     delta = {m.label: m.delta for m in shown[4:]}
     assert delta["Domain NMI"] == f"{rb.scores.domain_nmi - ra.scores.domain_nmi:+.3f}"
     assert delta["Class NMI"] == f"{rb.scores.class_nmi - ra.scores.class_nmi:+.3f}"
+    from core.analysis.explore import compare_settings
+
+    paired = compare_settings(ra.features, "up_blocks.1", rb.features, "pixels")  # same images: paired B - A
+    assert paired.verdict() in [x.value for x in list(at.success) + list(at.info)]
     fa, fb = charts(at)
     aligned, _ = figures.align_by_ids(ra.features.ids, ra.embedding, rb.features.ids, rb.embedding)
     np.testing.assert_allclose(scatter_xy(fa), ra.embedding, rtol=1e-4, atol=1e-5)

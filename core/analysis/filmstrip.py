@@ -25,7 +25,8 @@ ALIGNMENT = ("Each frame's layout is computed on its own, then rotated, reflecte
              "the previous frame (Procrustes, fitted on the same images), so a point moves only when its "
              "neighbourhood changes. Disparity: 0 = same picture, 1 = unrelated.")
 SCORE_COLUMNS = ["frame", "label", "domain_nmi", "domain_nmi_std", "class_nmi", "class_nmi_std", "disparity",
-                 "n_images"]
+                 "n_images", "domain_ami", "class_ami", "domain_nmi_chance", "class_nmi_chance"]
+_STATS = ("domain_ami", "class_ami", "domain_nmi_chance", "class_nmi_chance")  # from cached Scores (else nan)
 
 
 def clip_timesteps(timesteps: Sequence[int] | None, num_train_timesteps: int) -> list[int]:
@@ -95,7 +96,8 @@ def build_strip(axis: str, values: Sequence, features: Sequence[np.ndarray], dom
     """A strip from per-frame feature matrices of the same images (rows in the same order).
 
     ``scores``: per frame an object with domain_nmi(_std), class_nmi(_std) (e.g. cached
-    :class:`~core.analysis.metrics.Scores`); computed with :func:`core.analysis.metrics.nmi` otherwise.
+    :class:`~core.analysis.metrics.Scores`, whose AMI and chance floors are kept too); computed with
+    :func:`core.analysis.metrics.nmi` otherwise (AMI and chance columns then nan).
     """
     from core.analysis.metrics import nmi
 
@@ -113,8 +115,10 @@ def build_strip(axis: str, values: Sequence, features: Sequence[np.ndarray], dom
             dn, dns, cn, cns = s.domain_nmi, s.domain_nmi_std, s.class_nmi, s.class_nmi_std
         else:
             (dn, dns), (cn, cns) = nmi(f, domain_labels, n_seeds), nmi(f, class_labels, n_seeds)
+        extra = {c: float(getattr(scores[k], c, np.nan)) if scores is not None else np.nan for c in _STATS}
         rows.append({"frame": k, "label": frame_label(axis, v), "domain_nmi": float(dn), "domain_nmi_std": float(dns),
-                     "class_nmi": float(cn), "class_nmi_std": float(cns), "disparity": disp[k], "n_images": n})
+                     "class_nmi": float(cn), "class_nmi_std": float(cns), "disparity": disp[k], "n_images": n,
+                     **extra})
     return Strip(axis=axis, values=list(values), embeddings=aligned, scores=pd.DataFrame(rows, columns=SCORE_COLUMNS),
                  **meta)
 

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -89,7 +90,7 @@ N_BOOT = 200  # default bootstrap draws
 ALPHA = 0.05  # two-sided 95 % intervals
 N_PERM = 20  # default label permutations per k-means seed for the chance floor
 CHANCE_SIGMAS = 2.0  # "within chance": at or below floor mean + CHANCE_SIGMAS * floor std
-EXACT_EMI_MAX_OPS = 5_000_000  # exact expected MI above this cost (~0.5 s) is replaced by a permutation estimate
+EXACT_EMI_MAX_OPS = 1_000_000  # exact expected MI above this cost (~0.1 s) is replaced by a permutation estimate
 EMI_PERMUTATIONS = 20  # permutations behind the Monte-Carlo expected MI
 _EPS = np.finfo("float64").eps
 _TOL = 1e-12
@@ -443,21 +444,26 @@ def _as_runs(runs: KMeansScores | Sequence[KMeansScores]) -> list[KMeansScores]:
     return runs
 
 
-def _batch_nmi_ami(conts: np.ndarray, emi: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_nmi_ami` of a stack of contingency tables (B, k, kc) at once (AMI with the fixed ``emi``)."""
-    conts = conts.astype(float)
-    n = conts.sum((1, 2))
-    a, b = conts.sum(2), conts.sum(1)  # (B, k), (B, kc)
-
-    def h(m: np.ndarray) -> np.ndarray:
-        p = m / n[:, None]
-        return -np.sum(np.where(m > 0, p * np.log(np.where(m > 0, p, 1)), 0), axis=1)
-
+def _xlogx(v: np.ndarray) -> np.ndarray:
+    """``sum v log v`` over the last axis, 0 log 0 = 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = conts * n[:, None, None] / (a[:, :, None] * b[:, None, :])
-        mi = np.sum(np.where(conts > 0, conts * np.log(np.where(conts > 0, ratio, 1)), 0), axis=(1, 2)) / n
-    mi = np.maximum(mi, 0)
-    norm = (h(a) + h(b)) / 2
+        return np.sum(np.where(v > 0, v * np.log(np.where(v > 0, v, 1)), 0.0), axis=-1)
+
+
+def _weighted_nmi_ami(cell_row: np.ndarray, cell_col: np.ndarray, k: int, kc: int,
+                      counts: np.ndarray, emi: float) -> tuple[np.ndarray, np.ndarray]:
+    """NMI and AMI (fixed ``emi``) of a stack of resampled contingency tables given sparsely: ``counts``
+    (B, m) the weight of each of the m occupied cells (label ``cell_row``, cluster ``cell_col``). Uses
+    ``I = H(Y) + H(C) - H(Y, C)`` with the same special cases as :func:`_nmi_ami`."""
+    n = counts.sum(1)
+    a = np.stack([np.bincount(cell_row, weights=c, minlength=k) for c in counts])  # (B, k)
+    b = np.stack([np.bincount(cell_col, weights=c, minlength=kc) for c in counts])  # (B, kc)
+    logn = np.log(n)
+    h_y, h_c = logn - _xlogx(a) / n, logn - _xlogx(b) / n
+    h_yc = logn - _xlogx(counts) / n
+    mi = np.maximum(h_y + h_c - h_yc, 0.0)
+    mi = np.where(np.abs(mi) < 1e-15, 0.0, mi)
+    norm = (h_y + h_c) / 2
     ka, kb = (a > 0).sum(1), (b > 0).sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         nmi = np.where(mi == 0, 0.0, mi / norm)
@@ -470,36 +476,38 @@ def _batch_nmi_ami(conts: np.ndarray, emi: float) -> tuple[np.ndarray, np.ndarra
     return np.where(same, 1.0, nmi), np.where(same, 1.0, ami)
 
 
-_BATCH_CELLS = 2_000_000  # contingency cells scored at once (memory bound of the batched scores)
+_BATCH = 32  # bootstrap draws scored at once
 
 
 def _draw_values(runs: list[KMeansScores], rows: Iterator[np.ndarray]) -> dict[str, np.ndarray]:
     """{"nmi", "ami"}: (n_boot, n_runs, n_seeds) score of every (noise run, k-means seed) on every image
     resample (AMI with each seed's full-sample expected MI). Each resample becomes per-image counts once;
-    every seed's contingency table is a weighted count of its (label, cluster) pairs."""
+    every seed's resampled table is a weighted count over the cells its (label, cluster) pairs occupy, so a
+    draw costs O(n) however many labels there are."""
     n_seeds = min(r.n_seeds for r in runs)
     n = len(runs[0].y)
-    tables = []  # (run, seed, codes, shape, emi)
+    tables = []  # (run, seed, cell of each image, cell rows, cell cols, k, kc, emi)
     for ri, run in enumerate(runs):
         k = max(run.n_labels, 1)
         for si in range(n_seeds):
             c = run.clusters[si]
             kc = int(c.max()) + 1 if len(c) else 1
-            tables.append((ri, si, run.y * kc + c, (k, kc), float(run.emi[si])))
-    conts: list[list[np.ndarray]] = [[] for _ in tables]
-    for r in rows:
-        w = np.bincount(r, minlength=n).astype(float)
-        for t, (_, _, codes, shape, _) in enumerate(tables):
-            conts[t].append(np.bincount(codes, weights=w, minlength=shape[0] * shape[1]))
-    n_boot = len(conts[0]) if tables else 0
-    out = {s: np.empty((n_boot, len(runs), n_seeds)) for s in ("nmi", "ami")}
-    for t, (ri, si, _, shape, emi) in enumerate(tables):
-        step = max(1, _BATCH_CELLS // (shape[0] * shape[1]))
-        for start in range(0, n_boot, step):
-            batch = np.stack(conts[t][start:start + step]).reshape(-1, *shape)
-            out["nmi"][start:start + step, ri, si], out["ami"][start:start + step, ri, si] = _batch_nmi_ami(batch, emi)
-        conts[t] = []
-    return out
+            cells, cell_of = np.unique(run.y * kc + c, return_inverse=True)
+            tables.append((ri, si, cell_of.ravel(), cells // kc, cells % kc, k, kc, float(run.emi[si])))
+    out: dict[str, list] = {"nmi": [], "ami": []}
+    rows = iter(rows)
+    while True:  # a batch of resamples at a time: memory O(_BATCH * n), never O(n_boot * n)
+        w = [np.bincount(r, minlength=n).astype(float) for r in islice(rows, _BATCH)]
+        if not w:
+            break
+        batch = {s: np.empty((len(w), len(runs), n_seeds)) for s in ("nmi", "ami")}
+        for ri, si, cell_of, rr, cc, k, kc, emi in tables:
+            counts = np.stack([np.bincount(cell_of, weights=x, minlength=len(rr)) for x in w])
+            batch["nmi"][:, ri, si], batch["ami"][:, ri, si] = _weighted_nmi_ami(rr, cc, k, kc, counts, emi)
+        for s_ in out:
+            out[s_].append(batch[s_])
+    empty = np.empty((0, len(runs), n_seeds))
+    return {s_: np.concatenate(v) if v else empty for s_, v in out.items()}
 
 
 def _check_stat(stat: str) -> None:

@@ -232,3 +232,21 @@ def test_too_few_images_per_domain_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "fewer than 4 selected images" in err and "--select default reports all of them" in err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_report_config_and_split_errors_say_what_to_do():
+    from core.analysis.report import plan_split
+    from core.data.datasets import ImageRecord
+
+    with pytest.raises(ValueError, match="a model is named twice in --models pixels,pixels; name each once"):
+        ReportConfig(("d",), ("pixels", "pixels"))
+    with pytest.raises(ValueError, match="a dataset is named twice"):
+        ReportConfig(("d", "d"), ("pixels",))
+    with pytest.raises(ValueError, match=r"n_boot \(bootstrap draws\) must be >= 20"):
+        ReportConfig(("d",), ("pixels",), n_boot=5)
+    with pytest.raises(ValueError, match=r"tsne_points must be 0 \(no t-SNE panels\) or >= 10"):
+        ReportConfig(("d",), ("pixels",), tsne_points=5)
+    one = [ImageRecord(f"only/c/{i}.png", "", "only", "c") for i in range(5)]
+    with pytest.raises(ValueError, match=r"1 domain\(s\) among the selected images \('only'\); domain NMI needs at "
+                                         "least 2 domains"):
+        plan_split("folder", one, "default", 0)

@@ -645,14 +645,14 @@ def _diff_text(c: pd.Series, digits: int = 3) -> str:
 
 def headline_frame(rep: Report, stat: str = "nmi") -> pd.DataFrame:
     """The paper's table shape: one row per dataset, per model a "domain / class" cell (``stat``: NMI or AMI,
-    each with its 95 % interval; ★ = best domain NMI of the row, backed by the paired test; † = within
+    each with its 95 % interval; ★ (NMI table) = best domain NMI of the row, backed by the paired test; † = within
     chance), then the paper's numbers (NMI only)."""
     out = []
     for d in rep.config.datasets:
         row = {"dataset": _short(d)}
         for m in rep.config.models:
             r = rep.row(d, m)
-            star = f" {STAR}" if r["best"] else ""
+            star = f" {STAR}" if r["best"] and stat == "nmi" else ""  # the paired test is on domain NMI
             row[_short(m)] = f"{_iv(r, 'domain', stat)} / {_iv(r, 'class', stat)}{star}"
         if stat == "nmi":
             row[paper_ref.PAPER_LABEL] = (f"{rep.paper[d]}: " + _paper_cell(rep.paper[d])) if d in rep.paper else "—"
@@ -1059,7 +1059,7 @@ def render_html(rep: Report, plotly_js: str = "gzip") -> str:
              "its models), shown only for datasets recognised by their DomainBed domain names; they were not "
              "measured here.</p>",
              "<h2>Domain AMI / class AMI (chance-corrected)</h2>",
-             _html_table(headline_frame(rep, "ami"), {k: v for k, v in classes.items() if v == "best"}),
+             _html_table(headline_frame(rep, "ami")),
              "<h2>Best against runner-up (paired bootstrap over images)</h2>",
              _html_table(comp) if len(comp) else "<p class='note'>One model per dataset: nothing to compare.</p>",
              "<h2>Chance floors</h2>", _html_table(chance_frame(rep)),

@@ -1082,7 +1082,8 @@ def render_html(rep: Report, plotly_js: str = "gzip") -> str:
         parts.append(f"<h2>{e(_short(m))}: layer {e(_setting(*rep.chosen[m]))}</h2>")
         heat = [(t, f) for s, t, f in figs if s == f"heatmap:{m}"]
         if heat:
-            parts.append(f"<h3>Domain NMI over blocks × timesteps on {where} (outlined: the chosen setting)</h3>"
+            parts.append(f"<h3>Domain NMI over blocks × timesteps on {where}, first noise draw (outlined: the chosen "
+                         "setting)</h3>"
                          "<div class='grid'>")
         else:
             parts.append("<p class='note'>One layer and no timestep: no block × timestep heatmap.</p><div>")

@@ -1,5 +1,5 @@
 """The "Report" button: the same report as ``python -m core report`` for the current selection, with
-progress and ETA, then downloads (HTML and markdown). Every number comes from core.analysis.report."""
+progress and ETA, then downloads (HTML, markdown, LaTeX tables). Every number comes from core.analysis.report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Sequence
 
 import streamlit as st
 
-from core.analysis.report import ReportConfig, build_report, render_html, render_markdown
+from core.analysis.report import ReportConfig, build_report, render_html, render_latex, render_markdown
 from pages._access import get_model
 from pages._controls import ensure_state
 from pages._env import EXPECTED_ERRORS
@@ -23,13 +23,17 @@ def eta_text(done: int, total: int, elapsed: float) -> str:
     return f"{done} / {total} images · ETA {left:.0f} s"
 
 
+SELECT_LABELS = {"default": "each model's default (the paper's)",
+                 "best": "best, chosen on held-out images"}
+
+
 @st.cache_data(show_spinner="Writing the report…", max_entries=4)
-def _build(config: ReportConfig, device: str) -> tuple[str, str]:
-    """The report's HTML and markdown (after :func:`build_report` ran once with a progress bar, every
-    feature, score and layout comes from the disk cache)."""
+def _build(config: ReportConfig, device: str) -> tuple[str, str, str]:
+    """The report's HTML, markdown and LaTeX (after :func:`build_report` ran once with a progress bar, every
+    feature, k-means and layout comes from the disk cache)."""
     loaded = {m: get_model(m, device) for m in config.models}
-    rep = build_report(config, device=device, models=loaded, command=config.command("report.html", "both"))
-    return render_html(rep), render_markdown(rep)
+    rep = build_report(config, device=device, models=loaded, command=config.command("report.html", "all"))
+    return render_html(rep), render_markdown(rep), render_latex(rep)
 
 
 def report_button(s: Settings, blocks: Sequence[str], timesteps: Sequence[int], key: str = "report") -> None:
@@ -40,12 +44,18 @@ def report_button(s: Settings, blocks: Sequence[str], timesteps: Sequence[int], 
     ensure_state(f"{key}_others", lambda v: isinstance(v, list) and all(m in others for m in v), [])
     extra = st.multiselect("Also in the report", others, key=f"{key}_others", format_func=model_label,
                            help="More model columns (e.g. the baselines); each at its own layers.")
+    ensure_state(f"{key}_select", lambda v: v in SELECT_LABELS, "default")
+    select = st.radio("Layer and timestep", list(SELECT_LABELS), key=f"{key}_select", format_func=SELECT_LABELS.get,
+                      horizontal=True,
+                      help="The paper's protocol fixes the layer. 'Best' chooses on the data: on the built-in "
+                           ":train split (or a seeded half of a folder's images) and reports disjoint images.")
     config = ReportConfig(datasets=(s.dataset,), models=(s.model, *extra), blocks=tuple(blocks) or None,
-                          timesteps=tuple(int(t) for t in timesteps), max_per_domain=s.max_per_domain, seed=s.seed)
+                          timesteps=tuple(int(t) for t in timesteps), max_per_domain=s.max_per_domain, seed=s.seed,
+                          select=select)
     clicked = st.button("Build report", key=f"{key}_build", icon=":material/description:",
-                        help="The paper's table shape, heatmaps, t-SNE panels, stability and a reproducibility "
-                             "footer, as one self-contained HTML file (and a markdown twin). Cached features are "
-                             "reused.")
+                        help="The paper's table shape with 95 % intervals, AMI and chance floors, heatmaps, t-SNE "
+                             "panels, stability and a reproducibility footer, as one self-contained HTML file (and a "
+                             "markdown twin and LaTeX tables). Cached features are reused.")
     if clicked:
         st.session_state[f"{key}_request"] = config  # a UI choice: what the user asked to report
     if st.session_state.get(f"{key}_request") != config:
@@ -68,15 +78,18 @@ def report_button(s: Settings, blocks: Sequence[str], timesteps: Sequence[int], 
                                        models={m: get_model(m, s.device) for m in config.models}).n_model_images
             finally:
                 bar.empty()
-        html_text, md_text = _build(config, s.device)  # from the disk cache: runs no model
+        html_text, md_text, tex_text = _build(config, s.device)  # from the disk cache: runs no model
     except EXPECTED_ERRORS as e:
         st.error(f"{e}\n\nChange the selection and try again.")
         return
     cost = "" if n_model is None else f"; {n_model} image(s) went through a model, 0 = all from the cache"
     st.caption(f"Report ready ({len(html_text) / 1e6:.1f} MB HTML{cost}). Reproduce with:")
-    st.code(config.command("report.html", "both"), language="bash")
-    c1, c2 = st.columns(2)
+    st.code(config.command("report.html", "all"), language="bash")
+    c1, c2, c3 = st.columns(3)
     c1.download_button("Report (HTML)", html_text, file_name="domainlens-report.html", mime="text/html",
                        key=f"{key}_dl_html", on_click="ignore", icon=":material/download:")
     c2.download_button("Report (markdown)", md_text, file_name="domainlens-report.md", mime="text/markdown",
                        key=f"{key}_dl_md", on_click="ignore", icon=":material/download:")
+    c3.download_button("Tables (LaTeX)", tex_text, file_name="domainlens-report.tex", mime="text/x-tex",
+                       key=f"{key}_dl_tex", on_click="ignore", icon=":material/download:",
+                       help="The headline tables with their intervals (booktabs), for a paper")

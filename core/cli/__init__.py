@@ -428,12 +428,16 @@ def _add_report_parsers(sub) -> None:
     r.add_argument("--n-seeds", type=int, default=5, help="k-means seeds per NMI")
     r.add_argument("--noise-seeds", type=_seed_list, default=[1, 2],
                    help="extra extraction seeds for the stability table (or none)")
-    r.add_argument("--select", choices=["best", "default"], default="best",
-                   help="each model's layer and timestep: best mean domain NMI over the datasets, or its default")
+    r.add_argument("--select", choices=["default", "best"], default="default",
+                   help="each model's layer and timestep: default = its default layer at t=50 (the paper's protocol); "
+                        "best = the best mean domain NMI, chosen on :train (or a held-out half of the images) and "
+                        "reported on disjoint images")
     r.add_argument("--tsne-points", type=int, default=300, help="points per t-SNE panel")
+    r.add_argument("--n-boot", type=int, default=200, help="bootstrap draws behind every 95 %% interval")
     r.add_argument("--out", default="report.html", help="output file")
-    r.add_argument("--format", choices=["html", "md", "both"], default=None,
-                   help="default: from --out's suffix (.md: markdown, else HTML); both: .html and .md twins")
+    r.add_argument("--format", choices=["html", "md", "latex", "both", "all"], default=None,
+                   help="default: from --out's suffix (.md: markdown, .tex: LaTeX tables, else HTML); both: .html and "
+                        ".md twins; all: .html, .md and .tex")
     r.add_argument("--plotly-js", choices=["gzip", "inline"], default="gzip",
                    help="plotly.js inlined gzip-compressed (~2 MB, default) or plain (~4.8 MB)")
     r.add_argument("--batch-size", type=int, default=32)
@@ -468,12 +472,13 @@ def _add_report_parsers(sub) -> None:
 def cmd_report(args) -> int:
     from core.analysis.report import ReportConfig, build_report, write_report
 
-    fmt = args.format or ("md" if args.out.lower().endswith(".md") else "html")
+    suffix = {".md": "md", ".tex": "latex"}
+    fmt = args.format or suffix.get(Path(args.out).suffix.lower(), "html")
     blocks = None if args.blocks.strip() == "all" else tuple(_csv_list(args.blocks))
     config = ReportConfig(datasets=tuple(args.datasets), models=tuple(args.models), blocks=blocks,
                           timesteps=tuple(args.timesteps), max_per_domain=args.max_per_domain, seed=args.seed,
                           n_seeds=args.n_seeds, noise_seeds=tuple(args.noise_seeds), select=args.select,
-                          tsne_points=args.tsne_points, batch_size=args.batch_size)
+                          tsne_points=args.tsne_points, batch_size=args.batch_size, n_boot=args.n_boot)
     update, close = _progress(not args.no_progress, "report")
     try:
         rep = build_report(config, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, progress=update,

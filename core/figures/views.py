@@ -192,6 +192,8 @@ def prompt_audit_figure(df: pd.DataFrame, *, block_order: Sequence[str] | None =
                                  error_y=dict(type="data", array=g[f"{value}_std"], visible=True, thickness=1),
                                  hovertemplate=f"{cond}<br>%{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
     _base_layout(fig, title, height)
-    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0.0))
+    # the legend under the bars: above them it sat on the title
+    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="top", y=-0.16, x=0.0),
+                      margin=dict(b=90))
     fig.update_yaxes(rangemode="tozero")
     return fig

@@ -5,7 +5,8 @@ command added to the README later is covered without touching this file. Each on
 
 * run in-process through ``core.cli.main(argv)`` (a subprocess would start torch again for each, ~3-4 s),
   rewritten to small data: ``--max-per-domain`` capped at :data:`SMALL` (added where the subcommand takes it),
-  ``~/data/...`` folders replaced by a small DomainBed folder, ``~/models/...`` and the embedded default
+  ``~/data/...`` folders, built-in dataset names and the default dataset replaced by small seeded DomainBed
+  folders (no built-in set is generated), ``~/models/...`` and the embedded default
   diffusion model by the tiny random SD model of ``tests/conftest.py`` (the baselines stay), ``--reducer umap``
   by pca (UMAP's numba compile), fewer seeds and draws where a command repeats work (:data:`FEWER`), absolute output or cache folders moved into the test's folder; relative
   outputs land in the test's working folder.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import pytest
@@ -151,27 +151,33 @@ def test_readme_outputs_stay_out_of_tracked_files():
 # ------------------------------------------------------------------------------------------ running them
 
 
-@pytest.fixture(scope="module")
-def small_domainbed(tmp_path_factory, builtin_data_home) -> Path:
-    """A DomainBed folder of SMALL images per domain (2 classes) copied from synthetic-pacs."""
-    import os
+def _write_domainbed(root: Path, domains: list[str], seed: int) -> Path:
+    """A DomainBed folder of SMALL seeded 32 px images per domain (2 classes): each domain its own palette."""
+    import numpy as np
+    from PIL import Image
 
-    os.environ.setdefault("DOMAINLENS_DATA_HOME", str(builtin_data_home))
-    from core.data.datasets import load_dataset
-
-    ds = load_dataset("synthetic-pacs:heldout")
-    root = tmp_path_factory.mktemp("data") / "PACS"
-    classes = sorted(ds.classes)[:2]
-    for d in ds.domains:
-        for c in classes:
-            for r in [r for r in ds.records if r.domain == d and r.cls == c][:SMALL // 2]:
-                dst = root / d / c / Path(r.path).name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(Path(ds.root) / r.path if not Path(r.path).is_absolute() else r.path, dst)
+    rng = np.random.default_rng(seed)
+    for d, domain in enumerate(domains):
+        for c, cls in enumerate(("circle", "square")):
+            for i in range(SMALL // 2):
+                img = rng.integers(0, 80, (32, 32, 3)) + np.array([60 * d, 40 * c, 30 * (3 - d)])
+                img[8 + 4 * c:24, 8:24] = 255 - 50 * d  # the "object": where and how bright depends on class and domain
+                path = root / domain / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
     return root
 
 
-def _small_argv(cmd: str, tiny_model: Path, data: Path, tmp: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> dict[str, Path]:
+    """Small DomainBed folders standing in for every dataset a README command names (no built-in set is generated):
+    ``~/data/...`` and the first dataset of a command -> a PACS-like folder, the second -> a 3-domain folder."""
+    base = tmp_path_factory.mktemp("data")
+    return {"first": _write_domainbed(base / "PACS", ["photo", "sketch", "cartoon", "painting"], 0),
+            "second": _write_domainbed(base / "rot", ["rot00", "rot30", "rot60"], 1)}
+
+
+def _small_argv(cmd: str, tiny_model: Path, data: dict[str, Path], tmp: Path) -> list[str]:
     """The README command's arguments after ``python -m core``, rewritten to small data (see the module doc)."""
     from core.cli import build_parser
 
@@ -181,7 +187,7 @@ def _small_argv(cmd: str, tiny_model: Path, data: Path, tmp: Path) -> list[str]:
         if v.startswith("~/models/") or v in ("domainlens-tiny",):
             return str(tiny_model)
         if v.startswith("~/data/"):
-            return str(data)
+            return str(data["first"])
         if v.startswith("/"):
             return str(tmp / v.lstrip("/"))
         return v
@@ -190,7 +196,11 @@ def _small_argv(cmd: str, tiny_model: Path, data: Path, tmp: Path) -> list[str]:
     i = 0
     while i < len(toks):
         t = toks[i]
-        if t in ("--model", "--models", "--dataset", "--datasets", "--cache-dir") and i + 1 < len(toks):
+        if t in ("--dataset", "--datasets") and i + 1 < len(toks):  # built-in names and folders: small folders
+            out += [t, ",".join(str(data["first" if j == 0 else "second"]) for j, _ in enumerate(toks[i + 1].split(",")))]
+            i += 2
+            continue
+        if t in ("--model", "--models", "--cache-dir") and i + 1 < len(toks):
             out += [t, ",".join(path(v) for v in toks[i + 1].split(","))]
             i += 2
             continue
@@ -206,6 +216,8 @@ def _small_argv(cmd: str, tiny_model: Path, data: Path, tmp: Path) -> list[str]:
         i += 1
     sub = build_parser()._subparsers._group_actions[0].choices[toks[0]]
     dests = {a.dest for a in sub._actions}
+    if "dataset" in dests and "--dataset" not in out and toks[0] != "validate":
+        out += ["--dataset", str(data["first"])]  # the default built-in set: the small folder
     if "max_per_domain" in dests and "--max-per-domain" not in out:
         out += ["--max-per-domain", str(SMALL)]
     if "model" in dests and "--model" not in out and toks[0] not in ("models",):
@@ -224,7 +236,7 @@ RUNS = [c for c in COMMANDS if _classify(c) == "run"]
 
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("cmd", RUNS, ids=[" ".join(c.split()[3:6]) for c in RUNS])
-def test_readme_command_runs_on_small_data(cmd, tiny_sd_dir, small_domainbed, tmp_path, monkeypatch, capsys):
+def test_readme_command_runs_on_small_data(cmd, tiny_sd_dir, small_data, tmp_path, monkeypatch, capsys):
     from threadpoolctl import threadpool_limits
 
     from core.cli import main
@@ -233,7 +245,7 @@ def test_readme_command_runs_on_small_data(cmd, tiny_sd_dir, small_domainbed, tm
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # relative outputs (out/...) land here
-    argv = _small_argv(cmd, tiny_sd_dir, small_domainbed, tmp_path)
+    argv = _small_argv(cmd, tiny_sd_dir, small_data, tmp_path)
     with threadpool_limits(1):  # BLAS threads spinning on 2 busy cores made the probes 5x slower
         rc = main(argv)
     captured = capsys.readouterr()

@@ -21,8 +21,9 @@ import streamlit as st  # noqa: E402
 from pages._access import start_umap_warmup  # noqa: E402
 from pages._sidebar import sidebar
 
-st.set_page_config(page_title="DomainLens", page_icon=":material/blur_on:", layout="wide",
-                   menu_items={"About": "DomainLens: how diffusion UNet features separate image domains."})
+# A local icon: a material-symbol or emoji icon makes the browser fetch it from a font / emoji CDN on every load.
+st.set_page_config(page_title="DomainLens", page_icon=str(Path(__file__).parent / "assets" / "favicon.png"),
+                   layout="wide", menu_items={"About": "DomainLens: how diffusion UNet features separate image domains."})
 
 PAGES = [
     st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:", default=True),

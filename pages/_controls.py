@@ -50,6 +50,38 @@ def pooling_control(model: Backbone, container: Any = st, prefix: str = "") -> s
              f"mean of the patch tokens. The default for this model is {model.default_pooling}.")
 
 
+# The timesteps a timestep slider offers. A slider step is a new feature extraction (seconds to minutes on a CPU),
+# so the slider snaps to these, the current one and any typed under "Other timestep", never to all 1,000 values.
+SUGGESTED_TIMESTEPS = (0, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+
+
+def _add_other_timestep(key: str) -> None:
+    t = int(st.session_state[f"{key}_other"])
+    st.session_state[f"{key}_extra"] = sorted(set(st.session_state.get(f"{key}_extra", [])) | {t})
+    st.session_state[key] = t
+
+
+def timestep_control(model: Backbone, key: str, container: Any = st, label: str = "Timestep",
+                     help: str | None = None) -> int:
+    """A timestep slider (key ``key``) that snaps to :data:`SUGGESTED_TIMESTEPS` (clipped to the model's range),
+    the current value and timesteps typed in its "Other timestep" box (key ``{key}_other``): each position is one
+    deliberate extraction, shown with a progress bar and ETA while it runs."""
+    hi = model.num_train_timesteps - 1
+    ensure_state(key, lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
+    extra = [t for t in st.session_state.get(f"{key}_extra", []) if 0 <= t <= hi]
+    options = sorted({min(t, hi) for t in SUGGESTED_TIMESTEPS} | set(extra) | {int(st.session_state[key])})
+    t = container.select_slider(
+        label, options=options, key=key,
+        help=help or "Noise level added before the forward pass (0 = clean latent); the paper uses t = 50 of 1000, "
+                     "and less noise usually means more domain information. Each position is one feature extraction "
+                     "(cached afterwards); type any other timestep under the slider.")
+    ensure_state(f"{key}_other", lambda v: isinstance(v, int) and 0 <= v <= hi, int(t))
+    container.number_input("Other timestep", min_value=0, max_value=hi, step=1, key=f"{key}_other",
+                           on_change=_add_other_timestep, args=(key,),
+                           help=f"Any timestep 0-{hi}: it joins the slider's positions and is computed at once.")
+    return int(t)
+
+
 def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] | None = None
                      ) -> tuple[str, int, PromptSpec, dict]:
     """Layer, timestep, prompt, class-label and token-pooling widgets (keys ``{prefix}block``,
@@ -72,12 +104,7 @@ def setting_controls(model: Backbone, prefix: str = "", columns: Sequence[Any] |
                              "token_pooling": pooling_control(model, c_block, prefix)}
     timestep = DEFAULT_TIMESTEP
     if model.uses_timestep:
-        hi = model.num_train_timesteps - 1
-        key = f"{prefix}timestep"
-        ensure_state(key, lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
-        timestep = c_time.slider("Timestep", min_value=0, max_value=hi, key=key,
-                                 help="Noise level added before the forward pass (0 = clean latent). The paper "
-                                      "uses t = 50 of 1000; less noise usually means more domain information.")
+        timestep = timestep_control(model, f"{prefix}timestep", c_time)
     else:
         c_time.markdown("**Timestep:** n/a (not a diffusion model)")
     if len(cond.noise_modes) > 1:

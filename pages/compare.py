@@ -106,16 +106,20 @@ c_tab, c_dom = st.columns([3, 2], gap="large")
 with c_tab:
     top = moved.table.head(50).copy()
     top.insert(1, "image", [thumbnail(p, 64) for p in top["path"]])
-    st.dataframe(top.drop(columns=["path"]), hide_index=True, key="cmp_moved_table", row_height=68,
-                 column_config={"image": st.column_config.ImageColumn("image", width="small"),
+    st.dataframe(top.drop(columns=["path"]), hide_index=True, key="cmp_moved_table", row_height=68, width="stretch",
+                 column_config={"rank": st.column_config.NumberColumn("rank", width="small"),
+                                "image": st.column_config.ImageColumn("image", width="small"),
                                 "moved": st.column_config.ProgressColumn(
-                                    f"moved (of {moved.k} neighbours)", format="%.2f", min_value=0.0, max_value=1.0),
-                                "shared": st.column_config.NumberColumn("neighbours kept")})
+                                    "moved", format="%.2f", min_value=0.0, max_value=1.0, width="small",
+                                    help=f"share of the image's {moved.k} nearest neighbours in A not among them in B"),
+                                "shared": st.column_config.NumberColumn("kept", width="small",
+                                                                        help="neighbours kept from A to B")})
     st.caption(f"The 50 most-moved of {moved.n_common:,} shared images; the CSV export has them all.")
 with c_dom:
-    st.dataframe(moved.per_domain, hide_index=True, key="cmp_moved_domains",
-                 column_config={c: st.column_config.NumberColumn(format="%+.3f" if c == "delta" else "%.3f")
-                                for c in ("A", "B", "delta", "mean moved")})
+    st.dataframe(moved.per_domain, hide_index=True, key="cmp_moved_domains", width="stretch",
+                 column_config={c: st.column_config.NumberColumn(
+                     format={"delta": "%+.3f", "images": "%d"}.get(c, "%.3f"), width="small")
+                     for c in ("images", "A", "B", "delta", "mean moved")})
 
 spec = {name: reproduce_spec(configs[name], sides[name][1], reduction, n_init=s.n_init) for name in ("A", "B")}
 spec["cli"] = "\n".join(spec[n]["cli"] for n in ("A", "B"))

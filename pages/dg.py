@@ -24,7 +24,7 @@ from pages._sidebar import (current_model, DEFAULT_TIMESTEP, model_choices, mode
                             settings, short_model_name)
 
 
-@st.cache_data(show_spinner="Leave-one-domain-out probes…", max_entries=16)
+@st.cache_data(show_spinner=False, max_entries=16)  # the page's own spinner says what runs and for how long
 def ranking(dataset: str, models: tuple[str, ...], blocks: tuple[str, ...], timesteps: tuple[int, ...],
             max_per_domain: int, seed: int, k: int | None, device: str, _loaded: dict,
             learner: str = DEFAULT_LEARNER, rank_by: str = "pd_gain"):
@@ -93,8 +93,11 @@ for m, mdl in loaded.items():  # extract what is missing first (progress bar), t
     for t in (timesteps if mdl.uses_timestep else [DEFAULT_TIMESTEP]):
         run_core(get_features, s.extraction(t, model=m), own, model=mdl, device=s.device)
 try:
-    rank, results = ranking(s.dataset, models, tuple(blocks), tuple(timesteps), s.max_per_domain, s.seed, k,
-                            s.device, _loaded=loaded, learner=learner)
+    with st.spinner(f"Leave-one-domain-out probes: {len(models) * len(blocks) * len(timesteps)} setting(s) x "
+                    f"{n_dom} held-out domains, a k-means and two class probes each (cached afterwards)…",
+                    show_time=True):
+        rank, results = ranking(s.dataset, models, tuple(blocks), tuple(timesteps), s.max_per_domain, s.seed, k,
+                                s.device, _loaded=loaded, learner=learner)
 except EXPECTED_ERRORS as e:
     st.error(f"{e}\n\nChange the setting in the controls or the sidebar and try again.")
     st.stop()
@@ -150,8 +153,11 @@ st.subheader("Where the held-out images land")
 st.caption("Share of each held-out domain's images whose nearest pseudo-domain centroid is each pseudo-domain "
            "(fitted without that domain); entropy 0: all on one pseudo-domain.")
 landing = res.landing()
-st.dataframe(landing, hide_index=True, width="stretch", key="dg_landing",
-             column_config={c: st.column_config.NumberColumn(format="%.2f") for c in landing.columns[1:]})
+# each held-out domain has its own pseudo-domains (fitted without it): "–" where a column is another fold's; the
+# largest share of each row highlighted
+shares = [c for c in landing.columns[1:] if not str(c).startswith("entropy")]
+st.dataframe(landing.style.format("{:.2f}", na_rep="–", subset=list(landing.columns[1:]))
+             .highlight_max(axis=1, subset=shares, color="#fff3d6"), hide_index=True, width="stretch", key="dg_landing")
 
 m_name, block, t = key_of[chosen]
 config = s.extraction(50 if t is None else t, model=m_name)

@@ -9,22 +9,24 @@ from core.analysis.filmstrip import ALIGNMENT, DEFAULT_TIMESTEPS, block_strip, c
 from core.cli.views import command
 from core.figures.views import strip_figure
 from pages._access import scanned_dataset
-from pages._controls import COLOUR_LABELS, ensure_state, pooling_control, REDUCER_LABELS, reduction_controls
+from pages._controls import (COLOUR_LABELS, ensure_state, layer_label, pooling_control, REDUCER_LABELS,
+                             reduction_controls, timestep_control)
 from pages._exports import export_panel
 from pages._output import PLOT_CONFIG
 from pages._sidebar import current_model, DEFAULT_TIMESTEP, settings
 from pages._memo import memo_run, request_key
 
 CHOICES = sorted(set(DEFAULT_TIMESTEPS) | {5, 150, 300, 500, 600, 800, 900})
-MODES = {"timestep": "Over timesteps (one block)", "block": "Walk down the UNet (one timestep)"}
+MODES = {"timestep": "Over timesteps (one layer)", "block": "Walk down the layers (one timestep)"}
 
 s = settings()
 model = current_model(s)
 
 st.title("Film strip")
-st.caption("How the picture changes with the noise level, or from block to block: every frame places the same "
-           "images by that frame's features. " + ALIGNMENT + " Press ▶ to play in the browser, or drag the slider "
-           "under the chart; the frame control below also updates the scores.")
+st.caption("How the picture changes with the noise level, or from layer to layer: every frame places the same "
+           "images by that frame's features. " + ALIGNMENT + " Press ▶ Play under the chart, or drag the slider "
+           "there: the frames play in the browser, and the NMI panel's ring follows the frame shown. Every frame's "
+           "numbers are in the table under the chart.")
 
 modes = list(MODES) if model.uses_timestep else ["block"]
 ensure_state("strip_mode", lambda v: v in modes, modes[0])
@@ -36,7 +38,7 @@ if mode == "timestep":
     choices = clip_timesteps(CHOICES, hi + 1)
     default = clip_timesteps(DEFAULT_TIMESTEPS, hi + 1)
     ensure_state("strip_block", lambda v: v in model.blocks, model.default_block)
-    block = c_what.select_slider("UNet block", options=model.blocks, key="strip_block")
+    block = c_what.select_slider("Layer", options=model.blocks, key="strip_block", format_func=layer_label(model))
     ensure_state("strip_timesteps", lambda v: bool(v) and all(t in choices for t in v), default)
     timesteps = sorted(c_what.multiselect("Timesteps (frames)", choices, key="strip_timesteps",
                                           help="One UNet pass per timestep gives every block (cached)."))
@@ -46,9 +48,7 @@ if mode == "timestep":
 else:
     block = None
     if model.uses_timestep:
-        hi = model.num_train_timesteps - 1
-        ensure_state("strip_timestep", lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
-        timestep = c_what.slider("Timestep", 0, hi, key="strip_timestep")
+        timestep = timestep_control(model, "strip_timestep", c_what)
     else:
         c_what.markdown("**Timestep:** n/a (baseline)")
 reduction = reduction_controls(s.seed, prefix="strip_", container=c_red)
@@ -66,28 +66,21 @@ else:
     key = request_key("filmstrip", s, config, mode=mode, reduction=reduction.params())
     strip = memo_run(key, block_strip, config, None, reduction, model=model, device=s.device, dataset=ds)
 
+# One frame control, Plotly's own (play, pause, slider run in the browser): the NMI panel in the figure follows
+# it, so nothing on the page shows another frame's numbers. The first frame shown: t = 50 / the default layer.
 labels = strip.labels
 preferred = model.default_block if mode == "block" else f"t = {DEFAULT_TIMESTEP}"
-ensure_state("strip_frame", lambda v: v in labels, preferred if preferred in labels else labels[0])
-frame_label = st.select_slider("Frame", options=labels, key="strip_frame")
-k = labels.index(frame_label)
-row = strip.scores.iloc[k]
-fig = strip_figure(strip, colour, active=k,
+fig = strip_figure(strip, colour, active=labels.index(preferred) if preferred in labels else 0,
                    title=(f"{block} · timesteps" if mode == "timestep" else
-                          "Blocks" + (f" at t = {timestep}" if model.uses_timestep else "")) +
-                         f" · {REDUCER_LABELS[reduction.method]}")
-c_plot, c_side = st.columns([4, 1], gap="medium")
-c_plot.plotly_chart(fig, key="strip_chart", theme=None, config=PLOT_CONFIG)
-c_side.metric("Domain NMI", f"{row['domain_nmi']:.3f} ± {row['domain_nmi_std']:.3f}",
-              help="k-means (K = number of domains) on the full features of this frame; mean ± std over 5 seeds.")
-c_side.metric("Class NMI", f"{row['class_nmi']:.3f} ± {row['class_nmi_std']:.3f}")
-c_side.metric("Disparity to previous frame", f"{row['disparity']:.3f}",
-              help="Procrustes disparity between this frame's layout and the previous one: 0 = same picture.")
-c_side.caption(f"{len(strip.ids):,} images · frame {k + 1} of {len(labels)}")
+                          "Layers" + (f" at t = {timestep}" if model.uses_timestep else "")) +
+                         f" · {REDUCER_LABELS[reduction.method]} · {len(strip.ids):,} images")
+st.plotly_chart(fig, key="strip_chart", theme=None, config=PLOT_CONFIG)
 
 st.dataframe(strip.scores, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in strip.scores.columns
-                            if c.endswith(("nmi", "std", "disparity"))})
+             column_config={c: st.column_config.NumberColumn(format="%.3f", help=(
+                 "Procrustes disparity between this frame's layout and the previous one: 0 = same picture"
+                 if c == "disparity" else "k-means on the frame's full features; mean (± std) over 5 seeds"))
+                 for c in strip.scores.columns if c.endswith(("nmi", "std", "disparity"))})
 opts = (dict(mode="timestep", block=block, timesteps=strip.values) if mode == "timestep"
         else dict(mode="block", timesteps=[timestep], blocks=",".join(strip.values)))
 spec = {"view": "filmstrip", "extraction": config.to_dict(), **opts, "reduction": reduction.params(), "colour": colour,

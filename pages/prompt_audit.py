@@ -11,10 +11,10 @@ from core.analysis.prompt_audit import (CLASS_TEMPLATE, CONSTANT_PROMPT, DOMAIN_
 from core.cli.views import command
 from core.figures.views import prompt_audit_figure
 from pages._access import scanned_dataset
-from pages._controls import ensure_state
+from pages._controls import ensure_state, timestep_control
 from pages._exports import export_panel
 from pages._output import PLOT_CONFIG
-from pages._sidebar import current_model, DEFAULT_TIMESTEP, settings, short_model_name
+from pages._sidebar import current_model, settings, short_model_name
 from pages._memo import memo_run, request_key
 
 s = settings()
@@ -38,9 +38,7 @@ c_blocks, c_time, c_const = st.columns([5, 3, 4], gap="large")
 ensure_state("audit_blocks", lambda v: bool(v) and all(b in model.blocks for b in v), list(model.blocks))
 picked = c_blocks.multiselect("Blocks", model.blocks, key="audit_blocks")
 blocks = [b for b in model.blocks if b in picked]
-hi = model.num_train_timesteps - 1
-ensure_state("audit_timestep", lambda v: isinstance(v, int) and 0 <= v <= hi, min(DEFAULT_TIMESTEP, hi))
-timestep = c_time.slider("Timestep", 0, hi, key="audit_timestep")
+timestep = timestep_control(model, "audit_timestep", c_time)
 ensure_state("audit_constant", lambda v: isinstance(v, str), CONSTANT_PROMPT)
 constant = c_const.text_input("Constant control prompt", key="audit_constant").strip() or CONSTANT_PROMPT
 if not blocks:

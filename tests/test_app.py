@@ -156,8 +156,11 @@ def test_explore_metrics_and_chart_match_core(tiny_app, tiny_sd_dir):
     assert at.select_slider(key="block").options == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
                                                      "up_blocks.0", "up_blocks.1 (default)", "up_blocks.2"]
     assert at.select_slider(key="block").value == "up_blocks.1"
-    ts = at.slider(key="timestep")
-    assert (ts.min, ts.max, ts.value) == (0, 999, 50)
+    ts = at.select_slider(key="timestep")  # snaps to suggested timesteps: a step is one extraction, never 1 of 1,000
+    assert (ts.options[0], ts.options[-1], ts.value, len(ts.options)) == ("0", "999", 50, 16)
+    at.number_input(key="timestep_other").set_value(51).run()  # any other timestep: typed, then a slider position
+    assert at.select_slider(key="timestep").value == 51 and "51" in at.select_slider(key="timestep").options
+    assert charts(at)[0].layout.title.text.startswith("up_blocks.1 · t = 51")
 
 
 def test_moving_the_block_and_timestep_sliders_changes_the_scores(tiny_app, tiny_sd_dir):
@@ -170,7 +173,7 @@ def test_moving_the_block_and_timestep_sliders_changes_the_scores(tiny_app, tiny
     assert after == expected_metrics(core_explore(str(tiny_sd_dir), block="down_blocks.0").scores)
     assert charts(at)[0].layout.title.text.startswith("down_blocks.0")
 
-    at.slider(key="timestep").set_value(500).run()
+    at.select_slider(key="timestep").set_value(500).run()
     assert_clean(at)
     ref = core_explore(str(tiny_sd_dir), block="down_blocks.0", timestep=500)
     assert metrics(at) == expected_metrics(ref.scores)
@@ -313,7 +316,7 @@ def test_pixels_baseline_has_no_timestep_or_prompt(tiny_app):
     at = tiny_app.run()
     at.selectbox(key="model").select("pixels").run()
     assert_clean(at)
-    assert not [s for s in at.slider if s.key == "timestep"]
+    assert not [s for s in [*at.slider, *at.select_slider] if s.key == "timestep"]
     assert metrics(at) == expected_metrics(core_explore("pixels", block="pixels").scores)
 
 

@@ -145,6 +145,15 @@ def test_heatmap_orders_blocks_and_outlines_the_best_cell():
     assert (rect.x0, rect.y0) == (0.5, 1.5)  # column "50", row "up_blocks.1"
 
 
+def test_heatmap_labels_show_a_narrow_range():
+    """Class NMI between 0.011 and 0.024 must not read 0.01 / 0.02 in every cell."""
+    df = _sweep_frame()
+    df["class_nmi"] = np.linspace(0.011, 0.024, len(df))
+    labels = [x for row in figures.heatmap(df, "class_nmi").data[0].text for x in row]
+    assert len(set(labels)) == len(df) and "0.011" in labels and "0.024" in labels
+    assert {len(x) for x in [x for row in figures.heatmap(df, "domain_nmi").data[0].text for x in row]} == {4}  # 0.25
+
+
 def test_heatmap_of_a_baseline_has_one_na_column():
     df = _sweep_frame(timesteps=(10,))
     df["timestep"] = pd.array([pd.NA] * len(df), dtype="Int64")

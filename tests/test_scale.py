@@ -347,3 +347,17 @@ def test_layout_at_scale_fits_a_stratified_sample_and_places_the_rest_on_request
     rest = np.setdiff1d(np.arange(360), idx)
     d = ((emb2[rest, None, :] - emb2[None, idx, :]) ** 2).sum(-1)
     assert (labels[idx][d.argmin(1)] == labels[rest]).mean() > 0.95  # each placed point lands by its own cluster
+
+
+def test_cache_list_tells_settings_apart():
+    """Rows of one dataset, model and timestep differ by seed, sample, prompt, ensemble: `cache list` says which."""
+    from core.engine.cachetool import setting_text
+    from core.engine.extract import ExtractionConfig, PromptSpec
+
+    base = ExtractionConfig(dataset="d", model="m", max_per_domain=100)
+    texts = [setting_text(c.to_dict()) for c in (
+        base, replace(base, seed=1), replace(base, max_per_domain=None), replace(base, ensemble=4),
+        replace(base, prompt=PromptSpec("template", "a photo of a {class}")), replace(base, noise_mode="clean"))]
+    assert len(set(texts)) == len(texts), texts
+    assert texts[0] == "seed 0 · 100/domain" and 'template "a photo of a {class}"' in texts[4]
+    assert setting_text({}) == "?"

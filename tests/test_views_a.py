@@ -311,14 +311,13 @@ def test_filmstrip_page_matches_core(app, tiny_sd_dir, tiny_model):
     (fig,) = _charts(at)
     assert len(fig.frames) == 3
     np.testing.assert_allclose(frame_positions(fig, 2), ref.embeddings[2], rtol=1e-4, atol=1e-5)
-    m = {x.label: x.value for x in at.metric}
-    r = ref.scores.iloc[1]  # the first frame shown is t = 50 (the paper's timestep)
-    assert m["Domain NMI"] == f"{r['domain_nmi']:.3f} ± {r['domain_nmi_std']:.3f}"
-    at.select_slider(key="strip_frame").set_value("t = 999").run()
-    _clean(at)
-    r = ref.scores.iloc[2]
-    assert {x.label: x.value for x in at.metric}["Class NMI"] == f"{r['class_nmi']:.3f} ± {r['class_nmi_std']:.3f}"
-    assert _charts(at)[0].layout.sliders[0].active == 2
+    # one frame control, Plotly's own: the first frame shown is t = 50 (the paper's timestep); no Streamlit frame
+    # slider or per-frame metric that the in-browser play could disagree with; every frame's numbers in the table
+    assert fig.layout.sliders[0].active == 1 and not at.metric
+    assert not [x for x in at.select_slider if x.key == "strip_frame"]
+    table = at.dataframe[0].value
+    np.testing.assert_allclose(table["domain_nmi"], ref.scores["domain_nmi"], rtol=1e-6)
+    np.testing.assert_allclose(table["class_nmi"], ref.scores["class_nmi"], rtol=1e-6)
     assert any("python -m core filmstrip" in c.value for c in at.code)
     assert {"film strip (HTML)", "frames (CSV)", "layouts (CSV)", "configuration (JSON)"} <= {
         b.label for b in at.get("download_button")}
@@ -330,8 +329,7 @@ def test_filmstrip_page_matches_core(app, tiny_sd_dir, tiny_model):
     assert walk.values == list(tiny_model.blocks)
     fs = get_features(ExtractionConfig(dataset=DATASET, model=str(tiny_sd_dir), max_per_domain=N), model=tiny_model)
     assert walk.scores["domain_nmi"].iloc[0] == pytest.approx(cached_scores(fs, walk.values[0]).domain_nmi)
-    r = walk.scores.iloc[walk.values.index("up_blocks.1")]
-    assert {x.label: x.value for x in at.metric}["Domain NMI"] == f"{r['domain_nmi']:.3f} ± {r['domain_nmi_std']:.3f}"
+    assert _charts(at)[0].layout.sliders[0].active == walk.values.index("up_blocks.1")  # the default layer first
 
 
 def test_layer_similarity_page_matches_core(app, tiny_sd_dir, tiny_model):

@@ -426,7 +426,8 @@ def test_cli_faithfulness_spatial_and_what_moved_write_what_core_returns(tiny_sd
     out = tmp_path / "spatial"
     assert main(["spatial", *common, "--block", "up_blocks.1", "--first", "3", "--sample-size", "8",
                  "--size", "32", "--out", str(out)]) == 0
-    ids = [r.id for r in select_images(cfg)[1][:3]]
+    ids = [r.id for r in sp.spread_first(select_images(cfg)[1], 3)]
+    assert len({i.split("/")[0] for i in ids}) == 3  # --first takes each domain in turn, not one domain's first
     view = sp.spatial_view(bb, cfg, load_dataset(cfg.dataset), "up_blocks.1", ids, sample_size=8, cache=ref)
     saved = np.load(out / "maps.npz")
     assert list(saved["ids"]) == ids
@@ -466,3 +467,14 @@ def test_cli_faithfulness_spatial_and_what_moved_write_what_core_returns(tiny_sd
         cmd = shlex.split(json.loads((tmp_path / name / "config.json").read_text())["cli"])
         assert cmd[:3] == ["python", "-m", "core"] and main([*cmd[3:], "--no-progress"]) == 0
         assert (tmp_path / name / csv).read_text() == before, name
+
+
+def test_spread_first_takes_domains_and_classes_in_turn():
+    from core.data.datasets import ImageRecord
+
+    recs = [ImageRecord(f"{d}/{c}/{i}.png", f"{d}/{c}/{i}.png", d, c) for d in "abcd" for c in "uvwxyz" for i in range(3)]
+    first = sp.spread_first(recs, 8)
+    assert [r.domain for r in first] == list("abcdabcd")
+    assert all(first[i].cls != first[i + 4].cls for i in range(4))  # a domain's second image is another class
+    assert sp.spread_first(recs, 500) and len(sp.spread_first(recs, 500)) == len(recs)
+    assert sp.spread_first([], 3) == []

@@ -35,10 +35,7 @@ model).
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import functools
-import gzip
 import html
 import json
 import logging
@@ -64,6 +61,7 @@ from core.data import builtin
 from core.data.datasets import Dataset, ImageRecord, load_dataset
 from core.engine.cache import FeatureCache, stable_hash
 from core.engine.extract import ExtractionConfig, FeatureSet, get_features, select_images
+from core.figures.offline import UNPACK_JS, plotly_js as _plotly_js
 
 logger = logging.getLogger(__name__)
 
@@ -956,25 +954,10 @@ def render_latex(rep: Report) -> str:
 # ----------------------------------------------------------------------------------------------- HTML
 
 
-@functools.lru_cache(maxsize=2)
-def _plotly_js(mode: str) -> str:
-    import plotly.offline as po
-
-    js = po.get_plotlyjs()
-    if mode == "inline":
-        return "<script>" + js + "</script>"
-    gz = base64.b64encode(gzip.compress(js.encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
-    return f'<script id="plotly-gz" type="application/octet-stream">{gz}</script>'
 _LOADER = """<script>
+%s
 (async function () {
-  if (!window.Plotly) {
-    const b64 = document.getElementById('plotly-gz').textContent.trim();
-    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
-    const s = document.createElement('script');
-    s.text = await new Response(stream).text();
-    document.head.appendChild(s);
-  }
+  await dlUnpackPlotly();
   for (const el of document.querySelectorAll('script.dl-fig')) {
     const fig = JSON.parse(el.textContent);
     Plotly.newPlot(el.dataset.target, fig.data, fig.layout, {displaylogo: false, responsive: true});
@@ -983,7 +966,7 @@ _LOADER = """<script>
   document.querySelectorAll('.fig').forEach(d => { d.textContent = 'Figures need a browser with '
     + 'DecompressionStream (Chrome 80+, Firefox 113+, Safari 16.4+): ' + e; });
 });
-</script>"""
+</script>""" % UNPACK_JS
 
 _CSS = """<style>
 body{font-family:Inter,'Source Sans Pro',Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1300px;

@@ -132,6 +132,21 @@ def sample_records(records: Sequence[ImageRecord], n: int = DEFAULT_SAMPLE, seed
     return sorted(out, key=lambda r: r.id)
 
 
+def spread_first(records: Sequence[ImageRecord], n: int) -> list[ImageRecord]:
+    """``n`` of ``records`` taken in turn from each domain (sorted), within a domain in turn from each class
+    (sorted), each cell in the given order: ``--first 8`` on 4 domains x 6 classes gives two images per domain
+    of different classes. Deterministic (no seed: ``records`` is already a seeded sample)."""
+    cells: dict[str, dict[str, list[ImageRecord]]] = {}
+    for r in records:
+        cells.setdefault(r.domain, {}).setdefault(r.cls, []).append(r)
+    per_domain = []
+    for d in sorted(cells):  # each domain's images, classes interleaved
+        queues = [cells[d][c] for c in sorted(cells[d])]
+        per_domain.append([q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)])
+    order = [rs[i] for i in range(max(map(len, per_domain), default=0)) for rs in per_domain if i < len(rs)]
+    return order[:n]
+
+
 # -------------------------------------------------------------------------------- through the seam
 
 

@@ -53,12 +53,6 @@ def check_timesteps(args, model) -> list[int]:
     return check(model, _timesteps(args))
 
 
-def say_cost(command: str, passes: int, what: str) -> None:
-    """One line on stderr, before a multi-pass command starts: how many model passes over the images it needs."""
-    print(f"{command}: {what} = {passes:,} model pass(es) over every image (settings already in the cache cost "
-          "nothing)", file=sys.stderr, flush=True)
-
-
 def _check_output(path: str, flag: str) -> None:
     """Refuse an output path that cannot be written, before any extraction runs."""
     if not path.strip() or "\x00" in path:

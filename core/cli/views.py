@@ -44,8 +44,26 @@ def _ints(s: str) -> list[int]:
     return out
 
 
+# Images per domain the views read unless told otherwise: the app's default (pages/_env.py), so the CLI and
+# the pages share cached features, and every view finishes in minutes on a 2-core CPU with the embedded model.
+VIEW_MAX_PER_DOMAIN = 100
+
+
+def _sample_default(p: argparse.ArgumentParser) -> None:
+    """``--max-per-domain`` of a view: default :data:`VIEW_MAX_PER_DOMAIN` (stated in ``--help``); 0 = every image."""
+    p.set_defaults(max_per_domain=VIEW_MAX_PER_DOMAIN)
+    for a in p._actions:
+        if a.dest == "max_per_domain":
+            a.help = (f"images per domain, a seeded stratified sample (default {VIEW_MAX_PER_DOMAIN}, as in the app; "
+                      "0 = every image: slow on a CPU for large datasets)")
+
+
 def add_parsers(sub, add_extraction_args) -> None:
     """Register the view subcommands (:data:`NAMES`) on ``sub`` (an argparse subparsers object)."""
+    def add_extraction_args(p, _add=add_extraction_args):  # the extraction options, with the views' sample default
+        _add(p)
+        _sample_default(p)
+
     f = sub.add_parser("filmstrip", help="aligned layouts + NMI over timesteps (or down the blocks)")
     add_extraction_args(f)
     f.set_defaults(timesteps=None, blocks=None)
@@ -83,7 +101,7 @@ def add_parsers(sub, add_extraction_args) -> None:
     _add_view13_parsers(sub, add_extraction_args)
 
 
-def _add_view13_parsers(sub, add_extraction_args) -> None:
+def _add_view13_parsers(sub, add_extraction_args) -> None:  # add_extraction_args: add_parsers' (sample default)
     from core.analysis.faithfulness import DEFAULT_K as FAITH_K
     from core.analysis.moved import DEFAULT_K as MOVED_K
     from core.analysis.spatial import DEFAULT_SAMPLE
@@ -103,8 +121,8 @@ def _add_view13_parsers(sub, add_extraction_args) -> None:
     m.add_argument("--block", default=None, help="the layer (default: the model's default block)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--images", default=None, help="image ids separated by commas (see the layout CSVs' id column)")
-    g.add_argument("--first", type=int, default=None, help="the first N images of the configuration's sample "
-                                                           "(default 4 when --images is left out)")
+    g.add_argument("--first", type=int, default=None, help="N images of the configuration's sample, taken in turn from "
+                                                           "each domain and class (default 4 when --images is left out)")
     m.add_argument("--sample-size", type=int, default=DEFAULT_SAMPLE,
                    help=f"images the colour PCA is fitted on, spread over the domains (default {DEFAULT_SAMPLE})")
     m.add_argument("--size", type=int, default=192, help="pixels of each image and map in the PNGs (default 192)")
@@ -140,8 +158,20 @@ def _config(args, timestep: int):
     return ExtractionConfig(dataset=args.dataset, model=args.model, timestep=timestep,
                             prompt=PromptSpec.parse(args.prompt, args.prompt_template), seed=args.seed,
                             ensemble=args.ensemble, resolution=args.resolution,
-                            max_per_domain=args.max_per_domain, max_per_class=args.max_per_class,
+                            max_per_domain=args.max_per_domain or None, max_per_class=args.max_per_class,
                             token_pooling=getattr(args, "token_pooling", None))
+
+
+def _announce(args, cfg, view: str, passes: int, per: str) -> None:
+    """Say what the work costs before it starts: images x passes through the model (stderr)."""
+    import sys
+
+    from core.engine.extract import select_images
+
+    n = len(select_images(cfg)[1])
+    sample = (f"--max-per-domain {args.max_per_domain}" if args.max_per_domain else "every image (--max-per-domain 0)")
+    print(f"{view}: {n:,} images ({sample}) x {passes} {per} = at most {n * passes:,} image passes through the model; "
+          "cached features are reused and the progress bar shows the ETA", file=sys.stderr, flush=True)
 
 
 def _progress(args, desc):
@@ -166,15 +196,17 @@ def _write(out: Path, spec: dict, tables: dict, fig=None, name: str = "figure") 
     out.mkdir(parents=True, exist_ok=True)
     for fname, df in tables.items():
         df.to_csv(out / f"{fname}.csv", index=False, float_format="%.6g")
-    if fig is not None:
-        fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    if fig is not None:  # plotly.js inlined: the page opens offline
+        from core.figures.offline import write_figure_html
+
+        write_figure_html(fig, out / f"{name}.html")
     (out / "config.json").write_text(json.dumps(spec, indent=2))
     print(f"wrote {', '.join([f'{t}.csv' for t in tables] + ([f'{name}.html'] if fig is not None else []))}, "
           f"config.json to {out}")
 
 
 def cmd_filmstrip(args) -> int:
-    from core.analysis.filmstrip import block_strip, timestep_strip
+    from core.analysis.filmstrip import block_strip, clip_timesteps, timestep_strip
     from core.analysis.prompt_audit import load
     from core.analysis.reduce import ReductionConfig
     from core.figures.views import strip_figure
@@ -187,6 +219,8 @@ def cmd_filmstrip(args) -> int:
         if args.mode == "timestep":
             block = args.block or model.default_block
             cfg = _config(args, 50)
+            _announce(args, cfg, "filmstrip", len(clip_timesteps(args.timesteps, model.num_train_timesteps)),
+                      "timesteps (one pass each gives every block)")
             strip = timestep_strip(cfg, block, args.timesteps, red, model=model, batch_size=args.batch_size,
                                    cache_dir=args.cache_dir, progress=update)
             opts = dict(mode="timestep", block=block, timesteps=strip.values)
@@ -194,6 +228,7 @@ def cmd_filmstrip(args) -> int:
             t = (args.timesteps or [50])[0]
             cfg = _config(args, t)
             blocks = None if args.blocks in (None, "all") else [b.strip() for b in args.blocks.split(",")]
+            _announce(args, cfg, "filmstrip", 1, "pass (every block at once)")
             strip = block_strip(cfg, blocks, red, model=model, batch_size=args.batch_size, cache_dir=args.cache_dir,
                                 progress=update)
             opts = dict(mode="block", timesteps=[t], blocks=",".join(strip.values))
@@ -221,11 +256,9 @@ def cmd_cka(args) -> int:
     _check_timesteps(args, model)
     blocks = None if args.blocks in (None, "all") else [b.strip() for b in args.blocks.split(",")]
     cfg = _config(args, (args.timesteps or [50])[0])
-    from core.cli import say_cost
-
-    n = len(args.timesteps or [50]) if model.uses_timestep else 1
-    say_cost("cka", n * (2 if args.other_model else 1),
-             f"{n} timestep(s)" + (" x 2 models" if args.other_model else ""))
+    n_t = len(args.timesteps or [50]) if model.uses_timestep else 1
+    _announce(args, cfg, "cka", n_t * (2 if args.other_model else 1),
+              "passes (one per timestep" + (" and model)" if args.other_model else ")"))
     update, close = _progress(args, "cka")
     try:
         layers, ids = model_layers(cfg, blocks, args.timesteps or [50], model=model, batch_size=args.batch_size,
@@ -275,11 +308,9 @@ def cmd_stability(args) -> int:
     _check_timesteps(args, model)
     block = args.block or model.default_block
     cfg = _config(args, (args.timesteps or [50])[0])
-    from core.cli import say_cost
-
-    if model.uses_timestep:
-        say_cost("stability", args.noise_seeds + sum(args.ensembles),
-                 f"{args.noise_seeds} noise seed(s) + ensembles {','.join(map(str, args.ensembles))}")
+    passes = args.noise_seeds + sum(args.ensembles) - 1 if model.uses_timestep else 1  # seed 0 = ensemble 1
+    _announce(args, cfg, "stability", passes, f"noise draws ({args.noise_seeds} noise seeds, ensembles "
+              f"{','.join(map(str, args.ensembles))})")
     update, close = _progress(args, "stability")
     try:
         st = stability(cfg, block, noise_seeds=args.noise_seeds, ensembles=args.ensembles,
@@ -301,12 +332,13 @@ def cmd_stability(args) -> int:
 
 
 def cmd_prompt_audit(args) -> int:
-    from core.analysis.prompt_audit import CONSTANT_PROMPT, leakage, load, prompt_audit
+    from core.analysis.prompt_audit import CONDITIONS, CONSTANT_PROMPT, leakage, load, prompt_audit
     from core.figures.views import prompt_audit_figure
 
     model = load(args.model, args.device)
     _check_timesteps(args, model)
     cfg = _config(args, (args.timesteps or [50])[0])
+    _announce(args, cfg, "prompt-audit", len(CONDITIONS), "prompts")
     update, close = _progress(args, "prompt audit")
     try:
         df = prompt_audit(cfg, args.blocks, model=model, batch_size=args.batch_size, cache_dir=args.cache_dir,
@@ -403,7 +435,7 @@ def cmd_spatial(args) -> int:
         n = 4 if args.first is None else args.first
         if n < 1:
             raise ValueError(f"--first needs at least 1 image, got {n}")
-        ids = [r.id for r in select_images(cfg, dataset)[1][:n]]
+        ids = [r.id for r in spatial.spread_first(select_images(cfg, dataset)[1], n)]
     if not ids:
         raise ValueError("give at least one image id to --images")
     if args.size < 8:

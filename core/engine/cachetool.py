@@ -70,8 +70,31 @@ class Entry:
         cfg = self.meta.get("config", {})
         return {"key": self.key, "size": self.size, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.mtime)),
                 "dataset": str(cfg.get("dataset", "?")), "model": str(cfg.get("model", "?")),
+                "setting": setting_text(cfg),
                 "timestep": str(cfg.get("timestep", "?")), "images": str(self.meta.get("n_images", "?")),
                 "storage": str(self.meta.get("storage_dtype", "float32")), "layers": len(self.layers) or "old format"}
+
+
+def setting_text(cfg: dict) -> str:
+    """What tells settings of one dataset, model and timestep apart: prompt, seed, sample and the options left at
+    their defaults only when they are not (``seed 0 · 100/domain · prompt "a photo of a {class}"``)."""
+    if not cfg:
+        return "?"
+    parts = [f"seed {cfg.get('seed', '?')}"]
+    mpd, mpc = cfg.get("max_per_domain"), cfg.get("max_per_class")
+    parts.append(f"{mpd}/domain" if mpd else "all images")
+    if mpc:
+        parts.append(f"{mpc}/class")
+    if cfg.get("ensemble", 1) != 1:
+        parts.append(f"ensemble {cfg['ensemble']}")
+    prompt = cfg.get("prompt") or {}
+    if prompt.get("mode", "empty") != "empty":
+        text = json.dumps(prompt.get("text", ""), ensure_ascii=False)
+        parts.append(f"{prompt['mode']} {text if len(text) <= 60 else text[:57] + '…'}")
+    for k, default in (("class_label", None), ("noise_mode", "noised"), ("resolution", None), ("token_pooling", None)):
+        if cfg.get(k, default) != default:
+            parts.append(f"{k.replace('_', ' ')} {cfg[k]}")
+    return " · ".join(parts)
 
 
 def _kind(mode: int) -> str:
@@ -280,11 +303,11 @@ def main(args) -> int:
             return 0
         print(f"feature cache {cache.root}: {len(es)} setting(s), {human(sum(e.size for e in es))}")
         print(f"{'key':32s}  {'size':>9s}  {'date':16s}  {'images':>7s}  {'t':>4s}  {'storage':7s}  {'layers':>6s}  "
-              "dataset / model")
+              "dataset / model  (setting: seed, sample, prompt, other options not at their default)")
         for e in sorted(es, key=lambda e: -e.mtime):
             d = e.describe()
             print(f"{d['key']:32s}  {human(d['size']):>9s}  {d['date']:16s}  {d['images']!s:>7s}  {d['timestep']!s:>4s}  "
-                  f"{d['storage']:7s}  {d['layers']!s:>6s}  {d['dataset']} / {d['model']}")
+                  f"{d['storage']:7s}  {d['layers']!s:>6s}  {d['dataset']} / {d['model']}  ({d['setting']})")
         return 0
     if args.action == "verify":
         skipped = []

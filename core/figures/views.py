@@ -186,7 +186,7 @@ def stability_figure(stab, *, title: str | None = None, height: int = 420) -> go
 
 
 def prompt_audit_figure(df: pd.DataFrame, *, block_order: Sequence[str] | None = None, title: str | None = None,
-                        height: int = 440) -> go.Figure:
+                        height: int = 480) -> go.Figure:
     """Domain NMI (left) and class NMI (right) per block, one bar per prompt condition."""
     blocks = [b for b in (block_order or list(dict.fromkeys(df["block"]))) if b in set(df["block"])]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Domain NMI", "Class NMI"), horizontal_spacing=0.08)
@@ -198,6 +198,8 @@ def prompt_audit_figure(df: pd.DataFrame, *, block_order: Sequence[str] | None =
                                  error_y=dict(type="data", array=g[f"{value}_std"], visible=True, thickness=1),
                                  hovertemplate=f"{cond}<br>%{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
     _base_layout(fig, title, height)
-    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0.0))
+    # the legend under the bars: above them it sat on the title
+    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="top", y=-0.3, x=0.0),
+                      margin=dict(b=120))
     fig.update_yaxes(rangemode="tozero")
     return fig

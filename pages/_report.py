@@ -8,7 +8,8 @@ from typing import Sequence
 
 import streamlit as st
 
-from core.analysis.report import ReportConfig, build_report, render_html, render_latex, render_markdown
+from core.analysis.report import ReportConfig, build_report
+from core.figures.report import render_html, render_latex, render_markdown
 from pages._access import get_model
 from pages._controls import ensure_state
 from pages._env import EXPECTED_ERRORS

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from core.analysis.metrics import nmi
-from core.analysis.report import (ReportConfig, build_report, render_html, render_latex, render_markdown,
-                                  split_folds)
+from core.analysis.report import ReportConfig, build_report, split_folds
+from core.figures.report import render_html, render_latex, render_markdown
 from core.analysis.stats import Interval, cluster_scores
 from core.backbones.registry import load_backbone
 from core.cli import main

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from core.analysis import paper
-from core.analysis.report import ReportConfig, build_report, render_html, render_markdown
+from core.analysis.report import ReportConfig, build_report
+from core.figures.report import render_html, render_markdown
 from core.analysis.sweep import run_sweep
 from core.cli import main
 from core.engine.extract import ExtractionConfig

@@ -464,7 +464,8 @@ def _add_report_parsers(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from core.analysis.report import ReportConfig, build_report, write_report
+    from core.analysis.report import ReportConfig, build_report
+    from core.figures.report import write_report
 
     suffix = {".md": "md", ".tex": "latex"}
     fmt = args.format or suffix.get(Path(args.out).suffix.lower(), "html")

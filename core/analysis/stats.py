@@ -357,7 +357,7 @@ def cluster_scores(X: np.ndarray, y: np.ndarray, n_seeds: int = 5, n_init: int =
     ``random_state .. random_state + n_seeds - 1``, each ``n_init`` runs (best inertia kept; 1 = a single
     k-means as in the paper); NMI and AMI of each seed against ``y`` (see the module doc). Fewer than 2
     labels: NMI = AMI = 0 and no clustering."""
-    from core.analysis.metrics import _check, kmeans_labels
+    from core.analysis.clustering import _check, kmeans_labels
 
     X, labels = _check(X, y)
     if n_seeds < 1 or n_init < 1:

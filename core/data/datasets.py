@@ -565,14 +565,14 @@ def load_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None) -
     if ":" in name_or_path and not Path(name_or_path).exists() and name_or_path.split(":")[0] in builtin.BUILTINS:
         raise DatasetError(f"Unknown split in {name_or_path!r}; use one of {builtin.SPLITS}.")
     if "/" not in name_or_path and os.sep not in name_or_path and not Path(name_or_path).exists():
-        from core.data import download  # a dataset installed by `python -m core download NAME`, by its name
+        from core.data import catalogue  # a dataset installed by `python -m core download NAME`
 
-        root = download.installed_root(name_or_path, data_dir)
+        root = catalogue.installed_root(name_or_path, data_dir)
         if root is not None:
             return scan_folder(root, name=root.name)
-        entry = download.catalogue_entry(name_or_path)
+        entry = catalogue.catalogue_entry(name_or_path)
         if entry is not None:
-            raise DatasetError(f"Dataset {entry.name} is not downloaded yet (looked in {download.data_home(data_dir)}). "
+            raise DatasetError(f"Dataset {entry.name} is not downloaded yet (looked in {catalogue.data_home(data_dir)}). "
                                f"Run `python -m core download {entry.name}` (downloads only when asked; `python -m "
                                "core download --list` shows the sources), or pass the folder of a copy you have.")
     return scan_folder(name_or_path)

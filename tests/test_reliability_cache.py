@@ -146,13 +146,13 @@ def test_non_empty_folder_in_place_of_a_chunk_names_it_and_the_fix(cache, capsys
 
 
 def test_oversized_manifest_is_refused_unread(tmp_path, monkeypatch):
-    from core.data import datasets
+    from core.data import datasets, manifest  # read_manifest lives in core.data.manifest
 
     root = make_tree(tmp_path / "ds", {"d0": {"c": 1}, "d1": {"c": 1}})
     csv = tmp_path / "ds" / "m.csv"
     csv.write_text("path,domain,class\nd0/c/img_000.png,d0,c\nd1/c/img_000.png,d1,c\n")
     assert len(datasets.read_manifest(csv).records) == 2
-    monkeypatch.setattr(datasets, "MAX_MANIFEST_BYTES", 16)
+    monkeypatch.setattr(manifest, "MAX_MANIFEST_BYTES", 16)
     with pytest.raises(datasets.DatasetError, match="over the 16-byte limit"):
         datasets.read_manifest(csv)
     assert root.exists()

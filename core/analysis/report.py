@@ -290,8 +290,9 @@ def _check_counts(name: str, records: Sequence[ImageRecord], minimum: int, why: 
     low = sorted((d, n) for d, n in counts.items() if n < minimum)
     if low:
         listed = ", ".join(f"{d!r} ({n} image{'s' if n != 1 else ''})" for d, n in low)
-        raise ValueError(f"{short_name(name)}: domain(s) {listed} have fewer than {minimum} selected images; {why}. "
-                         "Add images to those domains, raise --max-per-domain, or leave the domains out.")
+        raise ValueError(f"{short_name(name)}: too few images per domain: domain(s) {listed} have fewer than "
+                         f"{minimum} selected images; {why}. Add images to those domains, raise --max-per-domain "
+                         f"(at least --max-per-domain {minimum}), or leave the domains out.")
 
 
 def plan_split(name: str, records: Sequence[ImageRecord], select: str, seed: int) -> Split:

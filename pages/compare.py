@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import figures
+from core.analysis.align import align_by_ids
 from core.analysis.explore import compare_settings, explore_faithfulness, explore_view
 from core.analysis.moved import DEFAULT_K, what_moved
 from pages._access import scanned_dataset, thumbnail
@@ -51,7 +52,7 @@ for name, (model, block, timestep, prompt, cond) in sides.items():
                                 label=f"Setting {name}: extracting features")
 
 ra, rb = results["A"], results["B"]
-aligned_b, disparity = figures.align_by_ids(ra.features.ids, ra.embedding, rb.features.ids, rb.embedding)
+aligned_b, disparity = align_by_ids(ra.features.ids, ra.embedding, rb.features.ids, rb.embedding)
 ranges = figures.shared_ranges(ra.embedding, aligned_b)
 figs = {}
 plots = dict(zip("AB", st.columns(2, gap="large")))  # one row: both layouts at the same height

@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from core import figures
+from core.analysis.pseudo_domains import PseudoDomains, centroid_frame, pseudo_domains
 from core.analysis.dg import cluster_agreement
 from core.engine.extract import get_features
 from pages._access import thumbnail
@@ -18,8 +19,8 @@ from pages._sidebar import current_model, n_domains, settings
 
 @st.cache_data(show_spinner="k-means…", max_entries=32)
 def pseudo(features: np.ndarray, n_clusters: int, domains: tuple[str, ...], classes: tuple[str, ...],
-           domain_names: tuple[str, ...], class_names: tuple[str, ...], seed: int) -> figures.PseudoDomains:
-    return figures.pseudo_domains(features, n_clusters, domains, classes, random_state=seed,
+           domain_names: tuple[str, ...], class_names: tuple[str, ...], seed: int) -> PseudoDomains:
+    return pseudo_domains(features, n_clusters, domains, classes, random_state=seed,
                                   domain_names=domain_names, class_names=class_names)
 
 
@@ -72,7 +73,7 @@ for row in summary.itertuples(index=False):
              width=96)
 
 assignments = pdm.assignments(fs.ids, fs.paths, fs.domains, fs.classes)
-centroids = figures.centroid_frame(pdm.centroids)
+centroids = centroid_frame(pdm.centroids)
 spec = reproduce_spec(config, block, n_clusters=k, kmeans_random_state=s.seed)
 export_panel("pseudo-domains", figs={"pseudo-domain x domain": fig_dom, "pseudo-domain x class": fig_cls},
                 tables={"assignments": assignments, "centroids": centroids, "clusters": summary},

@@ -14,7 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures import FONT, WEBGL_ABOVE, _base_layout, color_for, shared_ranges
+from core.figures.scatter import shared_ranges
+from core.figures.style import FONT, WEBGL_ABOVE, _base_layout, color_for
 
 DOMAIN_COLOUR, CLASS_COLOUR = "#0072B2", "#D55E00"
 

@@ -158,10 +158,11 @@ def _unblock_after(fifo: Path, seconds: float) -> threading.Thread:
     def run():
         if done.wait(seconds):
             return
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
+        while not done.wait(0.2):  # every blocked open (one per reader) gets a writer, then end of file
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
 
     th = threading.Thread(target=run, daemon=True)
     th.done = done

@@ -25,6 +25,7 @@ import torch
 from core.backbones.base import Backbone, ModelError
 from core.backbones.common import LOAD_ERRORS, check_model_folder, missing_components
 from core.backbones.common import read_json as _read_config
+from core.safeio import MiB, read_json_object
 from core.backbones.baselines import CNNBackbone, PixelsBackbone
 from core.backbones.ddpm import PixelDDPMBackbone
 from core.backbones.dit import DiTBackbone
@@ -130,8 +131,8 @@ def _file_sha256(path: Path) -> str:
     st = path.stat()
     memo_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     memo: dict[str, str] = {}
-    try:
-        memo = json.loads(memo_path.read_text())
+    try:  # a memo that is not a regular, small JSON file is ignored (and rewritten)
+        memo = read_json_object(memo_path, 64 * MiB, "weight-hash memo", max_depth=2)
     except (OSError, ValueError):
         pass
     if memo_key in memo:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,7 +379,12 @@ class Backbone(ABC):
               pool_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
               ) -> Iterator[dict[str, torch.Tensor]]:
         """Forward hooks storing each requested layer's pooled output; with ``early_exit`` the deepest one
-        raises :class:`StopForward`. Hooks are removed on exit, whatever happens."""
+        raises :class:`StopForward`. Hooks are removed on exit, whatever happens.
+
+        The hooks belong to this call: they act only on forward passes run by the thread that registered
+        them, so any number of threads (app sessions) can extract from one loaded model at once, each
+        seeing only its own layers (registering and removing a hook is atomic under the GIL, and
+        ``Module.__call__`` iterates over a snapshot of the hooks)."""
         unknown = [b for b in layers if b not in self.layers]
         if unknown:
             raise ExtractionError(f"unknown layer(s) {unknown} for {self.name!r}; valid layers: "
@@ -389,8 +395,12 @@ class Backbone(ABC):
         deepest = max(layers, key=self.layers.index)
         handles = []
 
+        owner = threading.get_ident()
+
         def make_hook(name):
             def hook(module, args, output):
+                if threading.get_ident() != owner:  # another thread's forward pass through the shared module
+                    return None
                 h = self.layer_output(name, output)
                 captured[name] = pool_fn(h) if pool_fn is not None else self.pool(name, h)
                 if early_exit and name == deepest:

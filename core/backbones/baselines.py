@@ -7,7 +7,6 @@ live here (training imports them from here; inference never imports :mod:`core.t
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from core.backbones.base import Backbone, ExtractionError, ModelError, Request
+from core.safeio import read_json_object
 
 DEFAULT_CHANNELS = (32, 64, 128, 128)
 
@@ -94,7 +94,7 @@ def load_baseline_cnn(path: str | os.PathLike) -> nn.Module:
     from safetensors.torch import load_file
 
     path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = read_json_object(path / "config.json", what="model config")
     model = BaselineCNN(cfg["num_classes"], cfg["channels"], cfg.get("in_channels", 3))
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     model.classes = cfg["classes"]
@@ -124,7 +124,7 @@ class CNNBackbone(Backbone):
     @classmethod
     def detect(cls, folder: Path) -> bool:
         try:
-            cfg = json.loads((Path(folder) / "config.json").read_text())
+            cfg = read_json_object(Path(folder) / "config.json", what="model config")
         except (OSError, ValueError):
             return False
         return isinstance(cfg, dict) and cfg.get("architecture") == "BaselineCNN" and \
@@ -136,8 +136,8 @@ class CNNBackbone(Backbone):
 
         try:
             net = load_baseline_cnn(folder).to(device).eval()
-            res = int(json.loads((Path(folder) / "config.json").read_text()).get("resolution", 64))
-        except (OSError, KeyError, RuntimeError) as e:
+            res = int(read_json_object(Path(folder) / "config.json", what="model config").get("resolution", 64))
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ModelError(f"Could not load the CNN baseline in {folder}: {e}") from e
         return cls(name=name, identity="cnn-" + folder_identity(folder), device=device, dtype=torch.float32,
                    resolution=res, layers=["features"], default_layer="features", root=net,

@@ -6,13 +6,14 @@ Nothing here names a family: each family file (dit.py, sd3.py, ...) composes the
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from core.backbones.base import ExtractionError, ModelError, Request, image_noise
+from core.safeio import MiB, UnsafeFileError, check_regular_file, read_json_object
 
 NOISE_MODES_CLEAN = ("noised", "clean")
 
@@ -21,12 +22,175 @@ NOISE_MODES_CLEAN = ("noised", "clean")
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON file as a dict, or None when it is missing or not a JSON object."""
+    """A JSON config as a dict, or None when it is missing or unusable (not a regular file, over
+    :data:`CONFIG_MAX_BYTES`, not a JSON object, nested too deep): detection reads leniently and never blocks
+    on a FIFO; :func:`check_model_folder` (run before detection) names any such file as the error."""
     try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return read_json_object(path, CONFIG_MAX_BYTES, "model config")
+    except (OSError, UnsafeFileError):
         return None
-    return d if isinstance(d, dict) else None
+
+
+# ----------------------------------------------------------------------------- config safety
+
+CONFIG_MAX_BYTES = 4 * MiB  # a model config is a few KB; a 12B model's sharded-weights index ~120 KB
+SIDE_FILE_MAX_BYTES = 256 * MiB  # tokenizers, vocabularies, sentencepiece models (the largest real ones ~30 MB)
+# read by tokenizers / sentencepiece, not parsed here: regular and size-capped only
+TOKENIZER_FILES = {"tokenizer.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json"}
+CHECKED_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".tiktoken"}
+
+_LAYERS = "a layer count; the largest real models use under 100 layers, and each layer is built in memory"
+_BLOCKS = "a block count; real UNets have 3 to 6 levels"
+_WIDTH = "a width; real models stay far below it, and layers are allocated from it"
+_TABLE = "a table size; embeddings of this many rows are allocated from it"
+_STEPS = "the scheduler allocates arrays of this length; real models train with 1,000 steps"
+_SIZE = "a spatial size; real models use at most a few thousand"
+# config key -> (lowest, highest, why): every size a config gives is checked before anything is built from it.
+# A list value (e.g. block_out_channels) is checked entry by entry, and its length against ``BLOCK_LISTS``.
+SIZE_BOUNDS: dict[str, tuple[int, int, str]] = {
+    "layers_per_block": (0, 16, _LAYERS),
+    "transformer_layers_per_block": (0, 64, _LAYERS),
+    "reverse_transformer_layers_per_block": (0, 64, _LAYERS),
+    "num_layers": (0, 256, _LAYERS),
+    "num_single_layers": (0, 256, _LAYERS),
+    "num_hidden_layers": (0, 256, _LAYERS),
+    "num_decoder_layers": (0, 256, _LAYERS),
+    "decoder_num_hidden_layers": (0, 256, _LAYERS),
+    "block_out_channels": (1, 16_384, _WIDTH),
+    "channels": (1, 16_384, _WIDTH),
+    "in_channels": (1, 16_384, _WIDTH),
+    "out_channels": (1, 16_384, _WIDTH),
+    "latent_channels": (1, 16_384, _WIDTH),
+    "num_channels": (1, 16_384, _WIDTH),
+    "norm_num_groups": (1, 16_384, _WIDTH),
+    "hidden_size": (1, 65_536, _WIDTH),
+    "intermediate_size": (1, 262_144, _WIDTH),
+    "decoder_hidden_size": (1, 65_536, _WIDTH),
+    "decoder_intermediate_size": (1, 262_144, _WIDTH),
+    "d_model": (1, 65_536, _WIDTH),
+    "d_ff": (1, 262_144, _WIDTH),
+    "d_kv": (1, 65_536, _WIDTH),
+    "cross_attention_dim": (1, 65_536, _WIDTH),
+    "joint_attention_dim": (1, 65_536, _WIDTH),
+    "pooled_projection_dim": (1, 65_536, _WIDTH),
+    "caption_channels": (1, 65_536, _WIDTH),
+    "projection_dim": (1, 65_536, _WIDTH),
+    "projection_class_embeddings_input_dim": (1, 65_536, _WIDTH),
+    "time_embedding_dim": (1, 65_536, _WIDTH),
+    "addition_time_embed_dim": (1, 65_536, _WIDTH),
+    "attention_head_dim": (1, 65_536, _WIDTH),
+    "num_attention_heads": (1, 4_096, _WIDTH),
+    "vocab_size": (1, 1_048_576, _TABLE),
+    "max_position_embeddings": (1, 1_048_576, _TABLE),
+    "num_embeds_ada_norm": (1, 1_048_576, _TABLE),
+    "num_class_embeds": (1, 1_048_576, _TABLE),
+    "num_classes": (1, 1_048_576, _TABLE),
+    "num_register_tokens": (0, 4_096, _TABLE),
+    "num_train_timesteps": (1, 100_000, _STEPS),
+    "sample_size": (1, 8_192, _SIZE),
+    "image_size": (1, 8_192, _SIZE),
+    "patch_size": (1, 1_024, _SIZE),
+    "resolution": (8, 2_048, _SIZE),
+}
+BLOCK_LISTS = {"down_block_types": 16, "up_block_types": 16, "block_out_channels": 16, "channels": 64}
+STRING_KEYS = ("_class_name", "model_type", "architecture")
+
+
+def _ints(value) -> list:
+    """The leaves of a (nested) list, or [value]."""
+    out, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+        else:
+            out.append(v)
+    return out
+
+
+def check_config_bounds(cfg: dict, path: Path) -> None:
+    """Raise :class:`ModelError` naming ``path``, the key and the bound when a size in ``cfg`` (nested
+    configs included, e.g. CLIP's ``vision_config``) is not an integer in its :data:`SIZE_BOUNDS` range, or
+    a name (``_class_name``, ``architectures``) is not a string: before any of it is used to build a model."""
+    stack: list[tuple[str, dict]] = [("", cfg)]
+    while stack:
+        prefix, d = stack.pop()
+        for key, value in d.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                stack.append((f"{name}.", value))
+                continue
+            if key in STRING_KEYS and value is not None and not isinstance(value, str):
+                raise ModelError(f"{path}: `{name}` must be a string (a class name), got {value!r}; the config is "
+                                 "broken (fix the value or download the file again)")
+            if key == "architectures" and value is not None and not (
+                    isinstance(value, list) and all(isinstance(a, str) for a in value)):
+                raise ModelError(f"{path}: `{name}` must be a list of class names, got {value!r}; the config is "
+                                 "broken (fix the value or download the file again)")
+            if key in BLOCK_LISTS and isinstance(value, (list, tuple)) and len(value) > BLOCK_LISTS[key]:
+                raise ModelError(f"{path}: `{name}` lists {len(value):,} entries, over the bound of "
+                                 f"{BLOCK_LISTS[key]} ({_BLOCKS}); the config is broken or not a real model's")
+            if key not in SIZE_BOUNDS or value is None:
+                continue
+            lo, hi, why = SIZE_BOUNDS[key]
+            for v in _ints(value):
+                if v is None and key in ("attention_head_dim", "num_attention_heads", "patch_size"):
+                    continue  # diffusers accepts None for these
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ModelError(f"{path}: `{name}` must be an integer in [{lo:,}, {hi:,}], got {value!r}; "
+                                     "the config is broken (fix the value or download the file again)")
+                if not lo <= v <= hi:
+                    raise ModelError(f"{path}: `{name}` = {v:,} is outside the bound [{lo:,}, {hi:,}] ({why}); "
+                                     "the config is broken or not a real model's (fix the value or download the "
+                                     "file again)")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Before detecting or building anything: every file a loader would read in ``folder`` and its direct
+    subfolders (configs, weights, tokenizers) must be a regular file (links followed: the Hugging Face cache
+    links to blobs), configs at most :data:`CONFIG_MAX_BYTES` of valid JSON objects whose sizes are within
+    :data:`SIZE_BOUNDS`. Raises :class:`ModelError` naming the file and the fix."""
+    folder = Path(folder)
+    dirs = [folder]
+    try:
+        dirs += sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+    except OSError as e:
+        raise ModelError(f"cannot list the model folder {folder}: {e}") from e
+    for d in dirs:
+        try:
+            entries = sorted(p for p in d.iterdir() if not p.name.startswith(".") and p.suffix in CHECKED_SUFFIXES)
+        except OSError as e:
+            raise ModelError(f"cannot list {d}: {e}") from e
+        for p in entries:
+            try:
+                if p.suffix == ".json" and p.name not in TOKENIZER_FILES:
+                    check_config_bounds(read_json_object(p, CONFIG_MAX_BYTES, "model config"), p)
+                elif p.suffix == ".safetensors":
+                    check_regular_file(p, "weights file")
+                else:
+                    check_regular_file(p, "tokenizer file", SIDE_FILE_MAX_BYTES)
+            except UnsafeFileError as e:
+                raise ModelError(f"{e}") from None
+            except FileNotFoundError:
+                if p.is_symlink():
+                    raise ModelError(f"{p} is a broken link (its target {os.readlink(p)!r} does not exist); "
+                                     "download the model again") from None
+                raise
+            except OSError as e:
+                raise ModelError(f"cannot read {p}: {e}") from None
+
+
+def missing_components(folder: Path) -> list[str]:
+    """What model_index.json lists but the folder lacks (``scheduler/`` ...), for messages."""
+    idx = read_json(Path(folder) / "model_index.json") or {}
+    out = []
+    for name, spec in idx.items():
+        if name.startswith("_") or not (isinstance(spec, list) and len(spec) == 2 and spec[0] and spec[1]):
+            continue
+        if not (Path(folder) / name).is_dir():
+            out.append(f"{name}/")
+    return out
 
 
 def index_class(folder: Path) -> str | None:
@@ -56,12 +220,63 @@ def check_safetensors(folder: Path, subs: Sequence[str | None]) -> None:
                 "safe_serialization=True), or download the repo's safetensors files.")
 
 
+# errors a from_pretrained call raises on a malformed config or a config that does not match its weights
+LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError,
+               NotImplementedError, RecursionError)
+
+
 def loading(what: str, folder: Path, fn: Callable[[], Any]) -> Any:
-    """Run a from_pretrained call, turning file errors into a :class:`ModelError` that names the folder."""
+    """Run a from_pretrained call, turning file and config errors into a :class:`ModelError` that names the
+    folder (never a traceback)."""
     try:
         return fn()
-    except (OSError, FileNotFoundError, EnvironmentError) as e:
-        raise ModelError(f"could not load the {what} in {folder}: {e}") from e
+    except ModelError:
+        raise
+    except LOAD_ERRORS as e:
+        raise ModelError(f"could not load the {what} in {folder}: {type(e).__name__}: {str(e)[:600]}") from e
+
+
+# unexpected checkpoint keys that are fine to leave unused, by prefix or suffix: the other tower of a two-tower
+# repo (CLIP, SigLIP: only the vision tower is loaded), MAE's pre-training decoder, non-persistent position ids
+IGNORABLE_UNEXPECTED = {
+    "CLIPVisionModel": ("text_model.", "text_projection.", "visual_projection.", "logit_scale", "logit_bias"),
+    "SiglipVisionModel": ("text_model.", "logit_scale", "logit_bias"),
+    "ViTMAEModel": ("decoder.",),
+}
+
+
+def _keys(keys, limit: int = 6) -> str:
+    keys = sorted(map(str, keys))
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit:,} more" if len(keys) > limit else "")
+
+
+def pretrained(what: str, folder: Path, model_cls: Any, **kw) -> Any:
+    """``model_cls.from_pretrained(folder, **kw)`` (safetensors, offline) that refuses a checkpoint whose
+    weights do not match its config: any missing weight (a layer the config claims but the weights lack
+    would be randomly initialised) or unexpected one (the config describes another model) is a
+    :class:`ModelError` naming the keys, from the loading report diffusers / transformers return."""
+    kw = {**KW, **kw}
+    model, info = loading(what, folder, lambda: model_cls.from_pretrained(folder, output_loading_info=True, **kw))
+    where = Path(folder) / kw["subfolder"] if kw.get("subfolder") else Path(folder)
+    missing = list(info.get("missing_keys") or ())
+    ignorable = IGNORABLE_UNEXPECTED.get(model_cls.__name__, ())
+    unexpected = [k for k in info.get("unexpected_keys") or ()
+                  if not (str(k).endswith("position_ids") or str(k).startswith(ignorable))]
+    mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in info.get("mismatched_keys") or ()]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing):,} weight(s) the config needs are missing from the checkpoint "
+                        f"({_keys(missing)}): they would be random")
+    if unexpected:
+        problems.append(f"{len(unexpected):,} weight(s) in the checkpoint are not in the model the config "
+                        f"describes ({_keys(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched):,} weight(s) have another shape than the config says "
+                        f"({_keys(mismatched)})")
+    if problems:
+        raise ModelError(f"the {what} in {where} does not match its config.json: {'; '.join(problems)}. The "
+                         "config was edited or belongs to another checkpoint: download the folder again.")
+    return model
 
 
 def identity(folder: Path) -> str:
@@ -105,8 +320,7 @@ def load_vae(folder: Path, device: torch.device, dtype: torch.dtype, sub: str = 
     from diffusers import AutoencoderKL
 
     vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    vae = loading("VAE", folder, lambda: AutoencoderKL.from_pretrained(folder, subfolder=sub, torch_dtype=vae_dtype,
-                                                                         **KW))
+    vae = pretrained("VAE", folder, AutoencoderKL, subfolder=sub, torch_dtype=vae_dtype)
     return place(vae, device, vae_dtype)
 
 
@@ -157,7 +371,7 @@ def ddpm_noiser(folder: Path, sub: str | None = "scheduler"):
     if cfg is None:
         raise ModelError(f"{d} has no scheduler_config.json; the folder is incomplete (download the whole repo)")
     keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return DDPMScheduler.from_config(keep)
+    return loading("scheduler", d, lambda: DDPMScheduler.from_config(keep))
 
 
 def ddpm_noised(noiser, x0: torch.Tensor, image_ids: Sequence[str], request: Request, draw: int,

@@ -20,7 +20,7 @@ import torch
 
 from core.backbones.base import Backbone, Conditioning, Request
 from core.backbones.common import (identity, KW, check_noise_mode, check_safetensors, check_timestep, class_name, ddpm_noised,
-                                   ddpm_noiser, index_class, loading, place, quiet)
+                                   ddpm_noiser, index_class, place, pretrained, quiet)
 
 CLASSES = ("UNet2DModel",)
 
@@ -65,7 +65,7 @@ class PixelDDPMBackbone(Backbone):
         sub = unet_layout(folder) or ""
         check_safetensors(folder, [sub or None])
         kw = dict(KW, torch_dtype=dtype, subfolder=sub) if sub else dict(KW, torch_dtype=dtype)
-        unet = loading("UNet2DModel", folder, lambda: UNet2DModel.from_pretrained(folder, **kw))
+        unet = pretrained("UNet2DModel", folder, UNet2DModel, **kw)
         place(unet, device, dtype)
         noiser = ddpm_noiser(folder, "scheduler" if sub else None)
         layers = unet_layers(unet)

@@ -22,9 +22,9 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from core.backbones.base import Backbone, Conditioning, ExtractionError, ModelError, Request, center_crop
-from core.backbones.common import (identity, KW, NOISE_MODES_CLEAN, check_noise_mode, check_safetensors, check_timestep,
+from core.backbones.common import (identity, NOISE_MODES_CLEAN, check_noise_mode, check_safetensors, check_timestep,
                                    class_name, config_of, ddpm_noised, ddpm_noiser, index_class, key_without_noise,
-                                   load_vae, loading, place, quiet, vae_latents, vae_scale)
+                                   load_vae, place, pretrained, quiet, vae_latents, vae_scale)
 
 PIPELINES = ("DiTPipeline",)
 CLASSES = ("DiTTransformer2DModel",)
@@ -63,8 +63,7 @@ class DiTBackbone(Backbone):
         quiet()
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
-        tr = loading("DiT transformer", folder,
-                     lambda: DiTTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
+        tr = pretrained("DiT transformer", folder, DiTTransformer2DModel, subfolder="transformer", torch_dtype=dtype)
         place(tr, device, dtype)  # eval(): a fresh DiT drops class labels at random in train mode
         vae = load_vae(folder, device, dtype)
         if vae is None:

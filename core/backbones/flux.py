@@ -24,8 +24,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from core.backbones.base import Backbone, Conditioning, ExtractionError, ModelError, Request
-from core.backbones.common import (identity, KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
-                                   class_name, flow_noised, index_class, load_vae, loading, place, quiet,
+from core.backbones.common import (identity, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
+                                   class_name, flow_noised, index_class, load_vae, place, pretrained, quiet,
                                    scheduler_timesteps, tokenize, vae_latents, vae_scale)
 from core.backbones.sd3 import load_text
 
@@ -73,8 +73,7 @@ class FluxBackbone(Backbone):
         quiet()
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
-        tr = loading("FLUX transformer", folder,
-                     lambda: FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
+        tr = pretrained("FLUX transformer", folder, FluxTransformer2DModel, subfolder="transformer", torch_dtype=dtype)
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         if vae is None:

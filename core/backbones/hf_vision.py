@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from core.backbones.base import Backbone, Conditioning, ExtractionError, ModelError, Request
-from core.backbones.common import identity, check_safetensors, config_of, loading, place, quiet
+from core.backbones.common import identity, check_safetensors, config_of, loading, place, pretrained, quiet
 
 # config.json ``architectures[0]`` -> (transformers class that loads the vision encoder, has a CLS token)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
@@ -105,7 +105,7 @@ class HFVisionBackbone(Backbone):
         is_mae = model_cls_name == "ViTMAEModel"
         if is_mae:
             kw["mask_ratio"] = 0.0  # keep every patch; the order is kept by the noise passed in forward
-        model = loading(f"{model_cls_name} vision encoder", folder, lambda: model_cls.from_pretrained(folder, **kw))
+        model = pretrained(f"{model_cls_name} vision encoder", folder, model_cls, **kw)
         place(model, device, dtype)
         processor = loading("image processor", folder, lambda: AutoImageProcessor.from_pretrained(folder))
         layer_list = find_layer_list(model)

@@ -22,8 +22,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from core.backbones.base import Backbone, ModelError, Conditioning, Request
-from core.backbones.common import (identity, KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
-                                   config_of, ddpm_noised, ddpm_noiser, index_class, load_vae, loading, place, quiet,
+from core.backbones.common import (identity, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
+                                   config_of, ddpm_noised, ddpm_noiser, index_class, load_vae, place, pretrained, quiet,
                                    tokenize, vae_latents, vae_scale)
 from core.backbones.dit import default_block_index
 from core.backbones.sd3 import load_text
@@ -64,8 +64,8 @@ class PixArtBackbone(Backbone):
         quiet()
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
-        tr = loading("PixArt transformer", folder,
-                     lambda: PixArtTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
+        tr = pretrained("PixArt transformer", folder, PixArtTransformer2DModel, subfolder="transformer",
+                        torch_dtype=dtype)
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         text = load_text(folder, "text_encoder", "tokenizer", device, dtype, "T5EncoderModel")

@@ -23,6 +23,9 @@ from pathlib import Path
 import torch
 
 from core.backbones.base import Backbone, ModelError
+from core.backbones.common import LOAD_ERRORS, check_model_folder, missing_components
+from core.backbones.common import read_json as _read_config
+from core.safeio import MiB, read_json_object
 from core.backbones.baselines import CNNBackbone, PixelsBackbone
 from core.backbones.ddpm import PixelDDPMBackbone
 from core.backbones.dit import DiTBackbone
@@ -128,8 +131,8 @@ def _file_sha256(path: Path) -> str:
     st = path.stat()
     memo_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     memo: dict[str, str] = {}
-    try:
-        memo = json.loads(memo_path.read_text())
+    try:  # a memo that is not a regular, small JSON file is ignored (and rewritten)
+        memo = read_json_object(memo_path, 64 * MiB, "weight-hash memo", max_depth=2)
     except (OSError, ValueError):
         pass
     if memo_key in memo:
@@ -167,12 +170,8 @@ def folder_identity(folder: str | os.PathLike) -> str:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON file as a dict; {} when absent or unreadable."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
+    """A JSON config as a dict; {} when absent or unusable (read safely: regular files only, size-capped)."""
+    return _read_config(path) or {}
 
 
 def found_classes(folder: Path) -> list[str]:
@@ -229,6 +228,11 @@ def detect_family(folder: str | os.PathLike) -> type[Backbone]:
     found = found_classes(folder)
     what = "; ".join(found) if found else "no model_index.json or config.json with a class name"
     if not matches:
+        lacking = missing_components(folder)
+        if lacking:  # e.g. a diffusers pipeline without its scheduler/
+            raise ModelError(f"{folder} is incomplete: its model_index.json lists {', '.join(lacking)} but the "
+                             f"folder has no such subfolder (found: {what}). Download the whole repository "
+                             "(`hf download <id> --local-dir DIR`) or restore the missing folder.")
         raise ModelError(f"{folder} is not a supported model folder (found: {what}). Supported families: "
                          f"{supported_families()}. Pass the folder of a whole Hub repository (e.g. from "
                          "`python -m core download <id> --dir DIR`).")
@@ -295,9 +299,16 @@ def load_backbone(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype
     dev = resolve_device(device)
     dt = resolve_dtype(dev, dtype)
     if folder is not None:
+        check_model_folder(folder)  # regular, size-capped, bounded configs: before reading or building anything
         check_safetensors(folder)
         fam = detect_family(folder)
-    return fam.load(name_or_path, folder, dev, dt)
+    try:
+        return fam.load(name_or_path, folder, dev, dt)
+    except ModelError:
+        raise
+    except LOAD_ERRORS as e:  # a config the family could not build from: name the folder, never a traceback
+        raise ModelError(f"could not load the model in {folder}: {type(e).__name__}: {str(e)[:600]}. A config "
+                         "file is probably malformed: download the folder again.") from e
 
 
 def list_families() -> list[dict]:

@@ -22,8 +22,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from core.backbones.base import Backbone, ModelError, Conditioning, Request
-from core.backbones.common import (identity, KW, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
-                                   class_name, config_of, flow_noised, scheduler_timesteps, index_class, load_vae, loading, place, quiet,
+from core.backbones.common import (identity, PromptMemo, batch_prompts, check_noise_mode, check_safetensors, check_timestep,
+                                   class_name, config_of, flow_noised, scheduler_timesteps, index_class, load_vae, place, pretrained, quiet,
                                    tokenize, vae_latents, vae_scale)
 
 PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
@@ -41,7 +41,7 @@ def load_text(folder: Path, enc: str, tok: str, device, dtype, enc_default: str)
     check_safetensors(folder, [enc])
     arch = ((config_of(folder, enc) or {}).get("architectures") or [enc_default])[0]
     model_cls = getattr(transformers, arch, None) or getattr(transformers, enc_default)
-    model = loading(f"text encoder {enc}", folder, lambda: model_cls.from_pretrained(folder, subfolder=enc, **KW))
+    model = pretrained(f"text encoder {enc}", folder, model_cls, subfolder=enc)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, subfolder=tok, local_files_only=True)
     except (OSError, ValueError, ImportError) as e:
@@ -74,8 +74,7 @@ class SD3Backbone(Backbone):
         quiet()
         folder = Path(folder)
         check_safetensors(folder, ["transformer", "vae"])
-        tr = loading("SD3 transformer", folder,
-                     lambda: SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **KW))
+        tr = pretrained("SD3 transformer", folder, SD3Transformer2DModel, subfolder="transformer", torch_dtype=dtype)
         place(tr, device, dtype)
         vae = load_vae(folder, device, dtype)
         if vae is None:

@@ -20,7 +20,6 @@ Subclassing (SDXL): override :meth:`detect`, :meth:`load_text` (more encoders: a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -28,6 +27,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from core.backbones.base import (Backbone, Conditioning, ExtractionError, ModelError, Request, image_noise)
+from core.backbones.common import LOAD_ERRORS, loading, pretrained, read_json
 
 SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
                 "StableDiffusionDepth2ImgPipeline", "StableDiffusionUpscalePipeline", "LatentDiffusionPipeline",
@@ -44,11 +44,8 @@ def unet_block_names(unet) -> list[str]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
+    """A config as a dict; {} when missing or unusable (safely read: never blocks on a FIFO, size-capped)."""
+    return read_json(path) or {}
 
 
 def quiet_hf() -> None:
@@ -58,6 +55,7 @@ def quiet_hf() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # load reports: pretrained() raises on a mismatch itself
 
 
 @dataclass(eq=False)
@@ -98,10 +96,12 @@ class SDUNet(Backbone):
         import diffusers
 
         sched_cfg = _read_json(folder / "scheduler" / "scheduler_config.json")
-        sched_cls = getattr(diffusers, sched_cfg.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
-        if not hasattr(sched_cls, "add_noise"):
+        name = sched_cfg.get("_class_name", "DDPMScheduler")
+        sched_cls = getattr(diffusers, name, diffusers.DDPMScheduler) if isinstance(name, str) else None
+        if sched_cls is None or not isinstance(sched_cls, type) or not hasattr(sched_cls, "add_noise"):
             sched_cls = diffusers.DDPMScheduler
-        return sched_cls.from_pretrained(folder, subfolder="scheduler")
+        return loading("scheduler", folder / "scheduler",
+                       lambda: sched_cls.from_pretrained(folder, subfolder="scheduler"))
 
     @classmethod
     def load_text(cls, folder: Path) -> dict:
@@ -111,12 +111,13 @@ class SDUNet(Backbone):
         if not ((folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir()):
             return {"text_encoder": None, "tokenizer": None}
         te_cfg = _read_json(folder / "text_encoder" / "config.json")
-        te_cls = getattr(transformers, (te_cfg.get("architectures") or ["CLIPTextModel"])[0],
-                         transformers.CLIPTextModel)
-        return {"text_encoder": te_cls.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True,
-                                                       local_files_only=True),
-                "tokenizer": transformers.AutoTokenizer.from_pretrained(folder, subfolder="tokenizer",
-                                                                        local_files_only=True)}
+        arch = (te_cfg.get("architectures") or ["CLIPTextModel"])[0]
+        te_cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        if not isinstance(te_cls, type):
+            te_cls = transformers.CLIPTextModel
+        return {"text_encoder": pretrained("text encoder", folder, te_cls, subfolder="text_encoder"),
+                "tokenizer": loading("tokenizer", folder, lambda: transformers.AutoTokenizer.from_pretrained(
+                    folder, subfolder="tokenizer", local_files_only=True))}
 
     @classmethod
     def load(cls, name: str, folder: Path, device: torch.device, dtype: torch.dtype) -> "SDUNet":
@@ -124,17 +125,18 @@ class SDUNet(Backbone):
 
         quiet_hf()
         folder = Path(folder)
-        kw = dict(use_safetensors=True, local_files_only=True)
         try:
-            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
+            unet = pretrained("UNet", folder, UNet2DConditionModel, subfolder="unet")
             scheduler = cls.load_scheduler(folder)
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw) if (folder / "vae").is_dir() else None
+            vae = pretrained("VAE", folder, AutoencoderKL, subfolder="vae") if (folder / "vae").is_dir() else None
             text = cls.load_text(folder)
         except FileNotFoundError as e:
             raise ModelError(f"Model folder {folder} is incomplete ({e}); it needs unet/ and scheduler/ "
                              "(and optionally vae/, text_encoder/, tokenizer/).") from e
-        except OSError as e:
-            raise ModelError(f"Could not load the model in {folder}: {e}") from e
+        except ModelError:
+            raise
+        except LOAD_ERRORS as e:
+            raise ModelError(f"Could not load the model in {folder}: {type(e).__name__}: {str(e)[:600]}") from e
         vae_dtype = cls.place([unet, vae, *[m for m in text.values() if isinstance(m, torch.nn.Module)]],
                               vae, device, dtype)
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shard", default=None, help="i/n: compute only the i-th of n parts (independent jobs, e.g. a "
                                                  "Slurm array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
     e.add_argument("--workers", type=int, default=None,
-                   help="image-decoding worker processes (default: 4 per process on CUDA, 0 on CPU)")
+                   help="image-decoding worker processes, 0-64 (default: 4 per process on CUDA, 0 on CPU)")
     c = sub.add_parser("cache", help="list, verify or prune the feature cache")
     c.add_argument("action", choices=["list", "verify", "prune"])
     c.add_argument("--cache-dir", default=None, help="default: $DOMAINLENS_CACHE_DIR or ~/.cache/domainlens")
@@ -291,7 +291,7 @@ def cmd_extract(args) -> int:
         _check_output(args.export, "--export")  # before extracting, not after
     from core.engine.limits import check_size
 
-    for name in ("resolution", "ensemble", "batch_size"):  # bounded with the reason, before the model loads
+    for name in ("resolution", "ensemble", "batch_size", "workers"):  # bounded with the reason, before the model loads
         check_size(name, getattr(args, name))
     split = current_split(args.shard, args.device)
     if args.export and split.world > 1 and not split.group:

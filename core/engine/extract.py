@@ -236,9 +236,10 @@ def _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, to
                                      "n_images": len(plan.records), "blocks": list(model.blocks),
                                      "storage_dtype": plan.storage, "chunk": plan.chunk})
     resolution = config.resolution or model.resolution
-    from core.engine.limits import check_memory
+    from core.engine.limits import activation_bytes_per_image, check_memory
 
-    check_memory(resolution, min(len(plan.records), plan.chunk), batch_size)  # before decoding anything
+    check_memory(resolution, min(len(plan.records), plan.chunk), batch_size,  # before decoding anything
+                 per_image_activations=activation_bytes_per_image(model, resolution))
 
     def compute(ci, recs, blocks, pool, progress_in_chunk):
         return _compute_chunk(model, config, recs, blocks, resolution, batch_size, pool, progress_in_chunk,

@@ -132,7 +132,7 @@ class CNNBackbone(Backbone):
 
     @classmethod
     def load(cls, name: str, folder: Path, device: torch.device, dtype: torch.dtype) -> "CNNBackbone":
-        from core.backbones.registry import folder_identity
+        from core.backbones.identity import folder_identity
 
         try:
             net = load_baseline_cnn(folder).to(device).eval()

@@ -281,7 +281,7 @@ def pretrained(what: str, folder: Path, model_cls: Any, **kw) -> Any:
 
 def identity(folder: Path) -> str:
     """Content hash of the folder's weights, configs and tokenizer files (the registry's)."""
-    from core.backbones.registry import folder_identity  # the registry imports the family files
+    from core.backbones.identity import folder_identity
 
     return folder_identity(folder)
 

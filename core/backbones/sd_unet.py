@@ -142,7 +142,7 @@ class SDUNet(Backbone):
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         sample = unet.config.sample_size
         sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-        from core.backbones.registry import folder_identity
+        from core.backbones.identity import folder_identity
 
         layers = unet_block_names(unet)
         default = cls.default_layer_name if cls.default_layer_name in layers else layers[-1]

@@ -178,3 +178,34 @@ def test_new_chunks_use_xxh3_and_crc32_chunks_still_verify(tmp_path, monkeypatch
         path.write_bytes(bytes(b))
         with pytest.raises(store.DamagedChunk, match="checksum"):
             store.read_chunk(path)
+
+
+def test_tsne_above_its_cap_is_fitted_on_a_smaller_sample_and_says_why(monkeypatch, tmp_path):
+    """Core's policy: t-SNE above TSNE_SAMPLE points is fitted on a stratified sample of that size (UMAP keeps the
+    larger LAYOUT_SAMPLE) and ``layout_note`` gives the reason the page shows; small sets keep their cache key."""
+    from types import SimpleNamespace
+
+    from core.analysis import explore
+    from core.analysis import reduce as layouts
+    from core.analysis.reduce import ReductionConfig
+
+    monkeypatch.setattr(layouts, "TSNE_SAMPLE", 30)
+    monkeypatch.setattr(layouts, "LAYOUT_SAMPLE", 80)
+    asked = []
+
+    def fake_layout(X, labels, config, max_points):  # the sample size cached_layout asks for (no t-SNE run)
+        asked.append((config.method, max_points))
+        return np.zeros((len(X), 2), np.float32), min(len(X), max_points)
+
+    monkeypatch.setattr(explore, "layout_at_scale", fake_layout)
+    dom = np.repeat(np.arange(3), 20)
+    fs = SimpleNamespace(cache_key="k" * 32, ids=[f"i{i}" for i in range(60)], features={"b": np.zeros((60, 4))},
+                         domain_labels=dom)
+    cache = FeatureCache(tmp_path)
+    assert explore.cached_layout(fs, "b", ReductionConfig("tsne"), cache)[1] == 30
+    assert explore.cached_layout(fs, "b", ReductionConfig("umap"), cache)[1] == 60
+    assert asked == [("tsne", 30), ("umap", 80)]
+    note = layouts.layout_note("tsne", 60, 30)
+    assert "30 of 60" in note and "UMAP" in note
+    assert layouts.layout_note("umap", 60, 60) == "" and "Place every point" in layouts.layout_note("umap", 90, 80)
+    assert layouts.layout_sample("tsne", 30) == 80  # at or below the cap: the key of every earlier layout

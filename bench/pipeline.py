@@ -37,11 +37,14 @@ def _model_only(model, pixels: "torch.Tensor", ids, blocks, timestep: int, batch
     from core.engine.extract import micro_batch_size, run_fixed_batches
 
     mb = micro_batch_size(model, batch_size)
+    pixels = pixels.to(model.device)  # the device's work only: the pixels are there already
+    if model.device.type == "cuda":
+        __import__("torch").cuda.synchronize()
     t0 = time.perf_counter()
     x0 = run_fixed_batches(lambda idx: {"x0": model.encode(pixels[idx])}, len(ids), mb, concat=__import__("torch").cat)["x0"]
     run_fixed_batches(lambda idx: {b: v.numpy() for b, v in model.forward_features(
         x0[idx], [ids[i] for i in idx], blocks, Request(timestep=timestep, prompts=[""] * len(idx))).items()},
-        len(ids), mb)
+        len(ids), mb)  # features come back to the host: the device is done
     return time.perf_counter() - t0
 
 
@@ -54,7 +57,7 @@ def _pixels(model, fs_paths):
 
 
 def pipeline_case(ctx, label: str, model, dataset: str, max_per_domain: int, blocks, reps: int,
-                  sequential: bool = False, batch_size: int = 32) -> tuple[list[dict], dict]:
+                  sequential: bool = False, batch_size: int = 32, workers: int = 0) -> tuple[list[dict], dict]:
     """Profile + end-to-end / model-only for one model (interleaved repetitions, fresh cache each time)."""
     from core.data.datasets import load_dataset
     from core.engine import extract
@@ -75,7 +78,8 @@ def pipeline_case(ctx, label: str, model, dataset: str, max_per_domain: int, blo
             prof = StageTimes(model.device)
             with prof.timing():
                 fs = get_features(cfg, blocks, model=model, cache_dir=str(ctx.work / f"pipe-{label}-{name}-{rep}"),
-                                  dataset=ds, profile=prof, overlap=overlap, batch_size=batch_size)
+                                  dataset=ds, profile=prof, overlap=overlap, batch_size=batch_size,
+                                  workers=workers)
             n = fs.n_unet_images
             times[name].append(prof.wall)
             if overlap:
@@ -100,7 +104,8 @@ def pipeline_case(ctx, label: str, model, dataset: str, max_per_domain: int, blo
     rows.append(row(f"[{label}] stage profile (share of wall; decode/resize/write run in threads, overlapped)",
                     round(100 * shares["model"]["share"] + 100 * shares["pooling"]["share"]
                           + 100 * shares["VAE"]["share"], 1), "% VAE+model+pooling", None, None, main_stages))
-    details = {"times_s": times, "n_images": n, "profile": prof.table(), "profile_text": prof.format()}
+    details = {"times_s": times, "n_images": n, "profile": prof.table(), "profile_text": prof.format(),
+               "end_to_end_img_s": e2e, "model_only_img_s": mo}
     ctx.log(prof.format())
     return rows, details
 

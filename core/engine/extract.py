@@ -263,8 +263,10 @@ def _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, to
     if profile is not None:
         profile.workers = workers
     with timed_pooling(model, profile):
+        # overlapped, a chunk's pixels are stacked into one pinned buffer (_chunk_inputs): workers need not pin
         return plan.run(todo, compute, progress, workers, chunk_decoder(model, resolution), total=total,
-                        done0=done0, pin_memory=on_cuda, profile=profile, background_writes=overlap)
+                        done0=done0, pin_memory=on_cuda and not overlap, profile=profile,
+                        background_writes=overlap)
 
 
 def get_features(

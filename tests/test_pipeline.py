@@ -209,3 +209,38 @@ def test_tsne_above_its_cap_is_fitted_on_a_smaller_sample_and_says_why(monkeypat
     assert "30 of 60" in note and "UMAP" in note
     assert layouts.layout_note("umap", 60, 60) == "" and "Place every point" in layouts.layout_note("umap", 90, 80)
     assert layouts.layout_sample("tsne", 30) == 80  # at or below the cap: the key of every earlier layout
+
+
+def test_a_verified_unchanged_chunk_is_not_checksummed_again_but_a_changed_one_is(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from core.engine import store
+
+    f = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "c-00000.safetensors"
+    store.atomic_write_bytes(path, store.encode_chunk(f, "s" * 32, [], "float32", "x"))
+    calls = []
+    real = store.checksum
+    monkeypatch.setattr(store, "checksum", lambda kind, data: calls.append(kind) or real(kind, data))
+    out = np.empty_like(f)
+    store.read_into(store.read_header(path), out)
+    store.read_into(store.read_header(path), out)
+    assert len(calls) == 2  # just written: within 2 s a change could keep the stat, so every read checks
+    old = (os.stat(path).st_mtime_ns - 10**10) // 10**9
+    os.utime(path, (old, old))  # an older file (its ctime is now, though): still checked
+    store.read_into(store.read_header(path), out)
+    assert len(calls) == 3
+    monkeypatch.setattr(time, "time_ns", lambda: os.stat(path).st_ctime_ns + 5 * 10**9)  # 5 s later
+    store.read_into(store.read_header(path), out)
+    store.read_into(store.read_header(path), out)
+    assert len(calls) == 4  # verified once, unchanged since: not checksummed again
+    np.testing.assert_array_equal(out, f)
+    store.read_chunk(path)
+    assert len(calls) == 5  # `cache verify` (read_chunk) always checks
+    b = bytearray(path.read_bytes())
+    b[-2] ^= 0x08
+    path.write_bytes(bytes(b))  # rewritten: another ctime, so checked again, and the damage is found
+    monkeypatch.setattr(time, "time_ns", lambda: os.stat(path).st_ctime_ns + 5 * 10**9)
+    with pytest.raises(store.DamagedChunk, match="checksum"):
+        store.read_into(store.read_header(path), out)

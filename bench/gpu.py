@@ -10,9 +10,16 @@ Usage (on a CUDA machine; ``--tiny`` runs the same path at toy sizes on any devi
 2. Throughput of the model forward with hooks, all layers in one pass vs the default layer with early exit,
    in bf16, at batch 1 / 8 / 32, as images/s and as a fraction of the card's measured dense matmul FLOP/s
    (FLOPs of one forward counted by torch.utils.flop_counter).
-3. The CLI end to end (``python -m core extract`` on a built-in set at 512 px, all layers, fp16 storage):
-   images/s from decode to cache, and the projected DomainNet (586,575 images) wall time per GPU.
-Writes ``gpu.json`` and ``gpu.md`` into ``--out``.
+3. The extraction pipeline in process (bench 16's case, :func:`bench.pipeline.pipeline_case`; model loaded,
+   1,024 images of a built-in set at 512 px, all layers, fp16 storage, 4 decoding workers): the stage profile
+   (decode, resize, host->device, VAE, model, pooling, device->host, write; share of wall), end-to-end img/s
+   over model-only img/s (VAE + hooked forward over pixels already on the device) in the same run, the
+   sequential path for comparison, channels-last weights, and the projected DomainNet (586,575 images) wall
+   time per GPU from the end-to-end rate.
+4. The CLI end to end (``python -m core extract --profile``, cold cache): images/s including process start and
+   model load, and its projection.
+Writes ``gpu.json`` and ``gpu.md`` (and ``profiles.txt``) into ``--out``; each row is flushed as it is
+measured. The whole script is sized to run in under 8 minutes on one H100 (``--skip-cli`` saves ~2).
 """
 
 from __future__ import annotations
@@ -146,22 +153,75 @@ def model_rows(name: str, folder: Path, device: str, dtype: str, batch_sizes, re
     return rows
 
 
+def pipeline_rows(name: str, folder: Path, device: str, dtype: str, out: Path, n_per_domain: int, batch: int,
+                  workers: int, channels_last: bool = True) -> list[dict]:
+    """The extraction pipeline in process: profile, end to end / model only, sequential, channels-last."""
+    from types import SimpleNamespace
+
+    from bench.pipeline import pipeline_case
+    from core.backbones.registry import load_backbone
+    from core.engine import speedups
+
+    bb = load_backbone(str(folder), device, dtype)
+    texts = []
+    ctx = SimpleNamespace(work=out / f"pipe-{bb.identity[:8]}", log=lambda m: (print(m, flush=True), texts.append(m)))
+    label = f"{name}, {device} {dtype}, {n_per_domain * 4} images, {bb.resolution} px, {workers} workers"
+    rows, d = pipeline_case(ctx, label, bb, "synthetic-pacs", n_per_domain, "all", 1, sequential=True,
+                            batch_size=batch, workers=workers)
+    for r in rows:
+        r.pop("target", None), r.pop("met", None)
+    rate = d["end_to_end_img_s"]
+    rows.append({"metric": f"[{name}] projected DomainNet wall time per GPU (model loaded, all layers, end to end)",
+                 "value": round(DOMAINNET / rate / 60, 1), "unit": "min",
+                 "note": f"{DOMAINNET:,} images / {rate:.1f} img/s; model only {d['model_only_img_s']:.1f} img/s "
+                         f"would be {DOMAINNET / d['model_only_img_s'] / 60:.0f} min (goal 20 min)"})
+    if channels_last and torch_cuda():
+        speedups.channels_last(bb)
+        r2, d2 = pipeline_case(ctx, f"{label}, channels-last", bb, "synthetic-pacs", n_per_domain, "all", 1,
+                               batch_size=batch, workers=workers)
+        for r in r2:
+            r.pop("target", None), r.pop("met", None)
+        rows += r2[:1]
+        rows.append({"metric": f"[{name}] channels-last / default, end to end img/s",
+                     "value": round(d2["end_to_end_img_s"] / rate, 3), "unit": "x",
+                     "note": f"{d2['end_to_end_img_s']:.1f} vs {rate:.1f} img/s; model only "
+                             f"{d2['model_only_img_s']:.1f} vs {d['model_only_img_s']:.1f} img/s"})
+    with (out / "profiles.txt").open("a") as f:
+        f.write(f"== {label}\n" + "\n".join(texts) + "\n")
+    del bb
+    load_backbone.cache_clear()
+    if torch_cuda():
+        import torch
+
+        torch.cuda.empty_cache()
+    return rows
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cli_rows(name: str, folder: Path, device: str, out: Path, n_per_domain: int, resolution: int,
              batch: int) -> list[dict]:
-    """`python -m core extract` end to end (decode, VAE, model, fp16 cache writes), cold then warm."""
+    """`python -m core extract --profile` end to end (decode, VAE, model, fp16 cache writes), cold cache."""
     cache = out / f"cache-{name}"
     cmd = [sys.executable, "-m", "core", "extract", "--dataset", "synthetic-pacs", "--model", str(folder),
            "--blocks", "all", "--timesteps", "50", "--max-per-domain", str(n_per_domain), "--resolution",
            str(resolution), "--batch-size", str(batch), "--device", device, "--cache-dir", str(cache),
            "--no-progress"]
-    storage = ["--storage-dtype", "float16"] if "storage-dtype" in subprocess.run(
-        [sys.executable, "-m", "core", "extract", "--help"], capture_output=True, text=True).stdout else []
+    helptext = subprocess.run([sys.executable, "-m", "core", "extract", "--help"], capture_output=True, text=True).stdout
+    storage = ["--storage-dtype", "float16"] if "storage-dtype" in helptext else []
+    storage += ["--profile"] if "--profile" in helptext else []
     rows = []
-    for label in ("cold", "warm (cache hit)"):
+    for label in ("cold",):
         t0 = time.perf_counter()
         p = subprocess.run(cmd + storage, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         print(p.stdout[-2000:], p.stderr[-2000:], flush=True)
+        with (out / "profiles.txt").open("a") as f:
+            f.write(f"== CLI {name} ({label})\n{p.stdout[-3000:]}\n")
         if p.returncode != 0:
             rows.append({"metric": f"[{name}] CLI extract {label}", "value": "failed", "unit": "",
                          "note": (p.stderr or p.stdout).strip().splitlines()[-1][:200]})
@@ -191,6 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tiny", action="store_true", help="toy sizes (runs anywhere; for the tests)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--workers", type=int, default=4, help="decoding worker processes of the pipeline rows")
+    ap.add_argument("--skip-cli", action="store_true", help="leave out the CLI rows (process start + load)")
     args = ap.parse_args(argv)
     import torch
 
@@ -223,6 +285,18 @@ def main(argv=None) -> int:
         flush(out, info, rows, dtype)
     n_pd = 4 if args.tiny else 256
     for name, folder in (("SD-2.1-base-sized", sd), ("DiT-XL/2-512-sized", dit)):
+        try:
+            rows += pipeline_rows(name, folder, args.device, dtype, work, n_pd, 2 if args.tiny else 32,
+                                  0 if args.tiny else args.workers)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            rows.append({"metric": f"[{name}] extraction pipeline", "value": "failed", "unit": "", "note": repr(e)[:300]})
+        print(json.dumps(rows[-1]), flush=True)
+        flush(out, info, rows, dtype)
+        if (work / "profiles.txt").is_file():
+            shutil.copy(work / "profiles.txt", out / "profiles.txt")
+    for name, folder in (("SD-2.1-base-sized", sd), ("DiT-XL/2-512-sized", dit)):
+        if args.skip_cli:
+            break
         got = cli_rows(name, folder, args.device, work, n_pd, 64 if args.tiny else 512, 2 if args.tiny else 32)
         rows += got
         rate = next((r["value"] for r in got if r["unit"] == "img/s"), None)
@@ -232,6 +306,8 @@ def main(argv=None) -> int:
                          "note": f"{DOMAINNET:,} images / {rate} img/s"})
         print(json.dumps(rows[-1]), flush=True)
         flush(out, info, rows, dtype)
+        if (work / "profiles.txt").is_file():
+            shutil.copy(work / "profiles.txt", out / "profiles.txt")
     flush(out, info, rows, dtype, echo=True)
     return 0
 

@@ -132,7 +132,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     from bench.common import environment
+    from bench.pipeline import BENCHMARKS as PIPELINE_BENCHMARKS
     from bench.suite import BENCHMARKS, GPU_NOTE, Ctx
+
+    BENCHMARKS = {**BENCHMARKS, **PIPELINE_BENCHMARKS}  # 16-18: extraction pipeline, reads, t-SNE at scale
 
     ids = [int(x) for x in a.only.split(",") if x.strip()] or list(BENCHMARKS)
     unknown = [i for i in ids if i not in BENCHMARKS]

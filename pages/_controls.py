@@ -165,11 +165,12 @@ def reduction_controls(seed: int, prefix: str = "", container: Any = st, params_
     if method != "pca":
         current = st.session_state.get(SETTINGS_KEY)
         n_max = current.max_per_domain * n_domains(current) if current is not None else 0
-        if n_max > layouts.LAYOUT_SAMPLE:  # only where the layout is fitted on a sample
+        sample = layouts.layout_sample(method, n_max)
+        if n_max > sample:  # only where the layout is fitted on a sample
             ensure_state(f"{prefix}place_all", lambda v: isinstance(v, bool), False)
             kw["place_all"] = pc.toggle(
                 "Place every point", key=f"{prefix}place_all",
-                help=f"{REDUCER_LABELS[method]} is fitted on a stratified sample of {layouts.LAYOUT_SAMPLE:,} images; the "
+                help=f"{REDUCER_LABELS[method]} is fitted on a stratified sample of {sample:,} images; the "
                      "others are left out (\"sample of N\"). On: the fitted embedding's transform places every "
                      "other image too (minutes for hundreds of thousands of images; cached afterwards).")
     return ReductionConfig(method=method, random_state=int(seed), **kw)

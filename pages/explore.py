@@ -53,6 +53,8 @@ with c_side:
     faithfulness_metrics(faith)
     st.caption(f"{len(fs):,} images · {len(fs.domain_names)} domains · {len(fs.class_names)} classes"
                + (f" · {len(fs.skipped)} unreadable skipped" if fs.skipped else ""))
+    if result.layout_note:  # the layout covers a sample only, and why (core decides)
+        st.caption(result.layout_note)
     rows = selected_rows(event)
     if len(rows) == 1:
         i = rows[0]

@@ -213,7 +213,7 @@ def _wrong_digest(p):
 
 
 def _no_digest(p):
-    _rewrite(p, lambda t, m: m.pop("crc32"))
+    _rewrite(p, lambda t, m: [m.pop(k, None) for k in ("crc32", "xxh3_64")])
 
 
 def _bad_header_length(p):

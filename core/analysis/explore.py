@@ -27,6 +27,7 @@ class ExploreResult:
     embedding: np.ndarray  # (n_images, n_components); NaN rows: outside the layout's sample
     scores: Scores
     layout_points: int = 0  # points the layout was fitted on (a stratified sample above LAYOUT_SAMPLE)
+    layout_note: str = ""  # why the layout covers only a sample (reduce.layout_note), empty when it covers all
 
 
 def explore_view(
@@ -65,7 +66,9 @@ def explore_view(
 
     scores = cached_scores(fs, block, n_seeds=n_seeds, cache=cache,
                            n_init=DEFAULT_N_INIT if n_init is None else int(n_init))
-    return ExploreResult(fs, block, emb, scores, fitted)
+    from core.analysis.reduce import layout_note
+
+    return ExploreResult(fs, block, emb, scores, fitted, layout_note(reduction.method, len(fs.ids), fitted))
 
 
 def cached_layout(fs: FeatureSet, block: str, reduction: ReductionConfig, cache: FeatureCache,
@@ -74,7 +77,8 @@ def cached_layout(fs: FeatureSet, block: str, reduction: ReductionConfig, cache:
     fixes the images and their content), so a warm call reads no features at all."""
     from core.analysis import reduce as layouts
 
-    max_points = layouts.LAYOUT_SAMPLE if max_points is None else max_points
+    if max_points is None:  # LAYOUT_SAMPLE, or t-SNE's smaller sample above TSNE_SAMPLE points (the key says which)
+        max_points = layouts.layout_sample(reduction.method, len(fs.ids))
     key = stable_hash({"features": fs.cache_key, "block": block, "n": len(fs.ids), "max_points": max_points,
                        **reduction.params(), "v": 1}, 32)
     hit = cache.load_result("layouts", key)

@@ -212,6 +212,32 @@ def warm_umap(n_small: int = 64, n_approx: int = 300, dim: int = 50, on_stage=No
 
 
 LAYOUT_SAMPLE = 50_000  # t-SNE / UMAP are fitted on at most this many points (a stratified, seeded sample)
+# t-SNE's own cap: at 50,000 points openTSNE took 202 s on two (shared) cores here, and 179 s with half the
+# iterations (bench 16; its k-NN search alone ~34 s), against a 60 s target that UMAP meets (46 s, bench 14);
+# at 20,000 points it takes ~30 s (bench 5). Above TSNE_SAMPLE points t-SNE is fitted on a stratified sample of
+# this size and the app says why (:func:`layout_note`).
+TSNE_SAMPLE = 20_000
+
+
+def layout_sample(method: str, n_points: int) -> int:
+    """How many points a ``method`` layout of ``n_points`` is fitted on at most: :data:`LAYOUT_SAMPLE`, or for
+    t-SNE above :data:`TSNE_SAMPLE` points that smaller sample (t-SNE at 50k points misses the 60 s target)."""
+    if method == "tsne" and n_points > min(TSNE_SAMPLE, LAYOUT_SAMPLE):
+        return min(TSNE_SAMPLE, LAYOUT_SAMPLE)
+    return LAYOUT_SAMPLE
+
+
+def layout_note(method: str, n_points: int, fitted: int) -> str:
+    """Why a layout covers only a sample (empty when it covers every point): the reason pages show."""
+    if fitted >= n_points or method == "pca":
+        return ""
+    if method == "tsne" and fitted <= TSNE_SAMPLE < LAYOUT_SAMPLE:
+        return (f"t-SNE is fitted on a stratified sample of {fitted:,} of {n_points:,} images: above "
+                f"{TSNE_SAMPLE:,} points it is too slow to wait for (about 200 s for 50,000 points on two cores, "
+                f"against ~45 s for UMAP). Choose UMAP for a {LAYOUT_SAMPLE:,}-image sample, or 'Place every "
+                "point' to place the others with the fitted embedding.")
+    return (f"{'UMAP' if method == 'umap' else 't-SNE'} is fitted on a stratified sample of {fitted:,} of "
+            f"{n_points:,} images ('Place every point' places the others).")
 
 
 PLACE_BLOCK = 16_384  # rows placed per transform call (bounded memory, progress)

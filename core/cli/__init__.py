@@ -7,6 +7,7 @@ The CLI calls the same core functions with the same config objects as the dashbo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -143,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "Slurm array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
     e.add_argument("--workers", type=int, default=None,
                    help="image-decoding worker processes, 0-64 (default: 4 per process on CUDA, 0 on CPU)")
+    e.add_argument("--profile", action="store_true",
+                   help="print seconds per stage (decode, resize, host->device, VAE, model, pooling, device->host, "
+                        "write) and each stage's share of the wall time")
+    e.add_argument("--channels-last", action="store_true",
+                   help="channels-last weights (faster convolutions on GPUs; features agree to float rounding)")
+    e.add_argument("--compile", action="store_true",
+                   help="torch.compile the model below its hooked layers (GPUs; the first batches compile)")
     c = sub.add_parser("cache", help="list, verify or prune the feature cache")
     c.add_argument("action", choices=["list", "verify", "prune"])
     c.add_argument("--cache-dir", default=None, help="default: $DOMAINLENS_CACHE_DIR or ~/.cache/domainlens")
@@ -301,6 +309,18 @@ def cmd_extract(args) -> int:
     check_timesteps(args, model)
     if split.is_main:
         _print_ignored(model, args)
+    profile = None
+    if args.profile or args.channels_last or args.compile:
+        from core.engine import speedups
+
+        for note in speedups.apply(model, use_channels_last=args.channels_last, use_compile=args.compile):
+            print(f"note: {note}", file=sys.stderr)
+    if args.profile:
+        from core.engine.profile import StageTimes
+
+        kinds = speedups.attention_kernels(model)
+        if kinds:
+            print(f"note: attention processors: {', '.join(kinds)} (AttnProcessor2_0 = PyTorch SDPA)", file=sys.stderr)
     workers = args.workers
     if workers is None:
         workers = 4 if getattr(getattr(model, "device", None), "type", "") == "cuda" else 0
@@ -310,11 +330,17 @@ def cmd_extract(args) -> int:
         cfg = _config(args, t)
         update, close = _progress(not args.no_progress and split.is_main,
                                   f"t={t}" + (f" (all {split.world} ranks)" if split.group else ""))
+        if args.profile:
+            profile = StageTimes(model.device)
         try:
-            stats = extract_chunks(cfg, args.blocks, split=split, batch_size=args.batch_size,
-                                   cache_dir=args.cache_dir, progress=update, model=model, workers=workers)
+            with profile.timing() if profile is not None else contextlib.nullcontext():
+                stats = extract_chunks(cfg, args.blocks, split=split, batch_size=args.batch_size,
+                                       cache_dir=args.cache_dir, progress=update, model=model, workers=workers,
+                                       profile=profile)
         finally:
             close()
+        if profile is not None:
+            print(f"t={t} " + profile.format(), flush=True)
         print(f"rank {stats.rank}/{stats.world} computed {stats.computed} of {stats.n_images} images "
               f"(t={t}, {stats.chunks} chunk(s) of this {'shard' if split.world > 1 and not split.group else 'rank'})",
               flush=True)

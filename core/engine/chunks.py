@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -162,33 +164,66 @@ class ChunkPlan:
 
     # ---------------------------------------------------------------------------------- computing
     def run(self, todo: dict[int, list[str]], compute: ComputeFn, progress=None, workers: int = 0,
-            load_fn=None, total: int | None = None, done0: int = 0, pin_memory: bool = False) -> int:
+            load_fn=None, total: int | None = None, done0: int = 0, pin_memory: bool = False, profile=None,
+            background_writes: bool = True) -> int:
         """Compute and store the missing layers of the chunks in ``todo`` (in chunk order); returns the number
         of images that went through the model. ``load_fn(records)`` (decode + preprocess, as the engine does)
-        runs in ``workers`` DataLoader worker processes ahead of the model when ``workers > 0``."""
+        runs in ``workers`` DataLoader worker processes ahead of the model when ``workers > 0``. With
+        ``background_writes`` a chunk's files are written (and read back) by one writer thread while the next
+        chunk is computed; at most one chunk waits to be written, a write error stops the loop at the next chunk,
+        and the call returns only once every chunk is on disk. ``profile`` (:class:`core.engine.profile.StageTimes`)
+        gets the time spent waiting for decoded images and writing."""
         from core.engine.loader import prefetched_chunks
 
         order = sorted(todo)
         total = total if total is not None else sum(len(self.chunk_records(ci)) for ci in order)
         done = [done0]
         n_model = 0
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for ci, pre in prefetched_chunks(order, self.chunk_records, load_fn, workers, pin_memory):
-                recs = self.chunk_records(ci)
-                arrays = compute(ci, recs, todo[ci], pre if pre is not None else pool,
-                                 lambda k: progress(done[0] + k, total) if progress else None)
-                self.cache.save_chunk(self.key, ci, arrays, self.storage, [r.id for r in recs])
-                n_model += len(arrays["ids"])
-                sha = ids_digest([r.id for r in recs])
-                for b in todo[ci]:
-                    h = self._header(b, ci, sha)
-                    if h is None:
-                        raise CacheError(5, f"a chunk just written to {self.cache.root} does not read back: "
-                                            "is the cache folder on a failing or full disk?")
-                    self.headers[(b, ci)] = h
-                done[0] += len(recs)
-                if progress:
-                    progress(done[0], total)
+
+        def store(ci, recs, arrays):
+            t0 = time.perf_counter()
+            self.cache.save_chunk(self.key, ci, arrays, self.storage, [r.id for r in recs])
+            sha = ids_digest([r.id for r in recs])
+            for b in todo[ci]:
+                h = self._header(b, ci, sha)
+                if h is None:
+                    raise CacheError(5, f"a chunk just written to {self.cache.root} does not read back: "
+                                        "is the cache folder on a failing or full disk?")
+                self.headers[(b, ci)] = h
+            if profile is not None:
+                profile.add("write", time.perf_counter() - t0)
+
+        pending = None
+        with ThreadPoolExecutor(max_workers=4) as pool, ThreadPoolExecutor(max_workers=1) as writer:
+            try:
+                chunks = iter(prefetched_chunks(order, self.chunk_records, load_fn, workers, pin_memory))
+                while True:
+                    t0 = time.perf_counter()
+                    nxt = next(chunks, None)
+                    if nxt is None:
+                        break
+                    ci, pre = nxt
+                    if profile is not None and pre is not None:
+                        profile.add("waiting for images", time.perf_counter() - t0)
+                    recs = self.chunk_records(ci)
+                    arrays = compute(ci, recs, todo[ci], pre if pre is not None else pool,
+                                     lambda k: progress(done[0] + k, total) if progress else None)
+                    if pending is not None:
+                        pending.result()  # the previous chunk is on disk (or its error is raised here)
+                        pending = None
+                    if background_writes:
+                        pending = writer.submit(store, ci, recs, arrays)
+                    else:
+                        store(ci, recs, arrays)
+                    n_model += len(arrays["ids"])
+                    done[0] += len(recs)
+                    if progress:
+                        progress(done[0], total)
+                if pending is not None:
+                    pending.result()
+            finally:
+                if pending is not None:  # an error above: let the write in flight finish (never leave it running)
+                    pending.exception()
         for b in dict.fromkeys(b for ci in order for b in todo[ci]):
             self.write_index(b)
         return n_model
@@ -201,14 +236,16 @@ class ChunkPlan:
         through ``repair`` (or raises).
 
         Chunks are read by ``threads`` threads (default :data:`READ_THREADS`) into disjoint row ranges of the
-        output: file reads, CRC-32 and the float16 -> float32 conversion (done per chunk, from a chunk-sized
-        buffer, by torch: see :func:`_widen`) release the GIL, so the read runs near the disk's speed. Bit-identical to ``threads=1``."""
+        output: file reads, the checksum (XXH3-64, or CRC-32 for older chunks) and the float16 -> float32
+        conversion (done per chunk, from a chunk-sized buffer each thread reuses, by torch: see :func:`_widen`)
+        release the GIL, so the read runs near the disk's speed. Bit-identical to ``threads=1``."""
         hs = [self.headers[(block, ci)] for ci in range(self.n_chunks)]
         rows = sum(h.n_rows for h in hs)
         cols = max((h.n_cols for h in hs if h.n_rows), default=0)
         stored = np.dtype(STORAGE_DTYPES[self.storage][1])
         out = np.empty((rows, cols), np.float32)
         starts = np.cumsum([0] + [h.n_rows for h in hs])
+        local = threading.local()  # one chunk-sized buffer per reader thread, reused (stays in the CPU's cache)
 
         def one(ci: int, h) -> None:
             r = int(starts[ci])
@@ -217,9 +254,11 @@ class ChunkPlan:
             if stored == out.dtype:
                 read_into(h, out[r:r + h.n_rows])
             else:
-                buf = np.empty((h.n_rows, cols), stored)
-                read_into(h, buf)
-                _widen(buf, out[r:r + h.n_rows])
+                buf = getattr(local, "buf", None)
+                if buf is None or len(buf) < h.n_rows:
+                    buf = local.buf = np.empty((max(h.n_rows, self.chunk), cols), stored)
+                read_into(h, buf[:h.n_rows])
+                _widen(buf[:h.n_rows], out[r:r + h.n_rows])
 
         def safe(ci: int):
             try:

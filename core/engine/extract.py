@@ -8,12 +8,21 @@ Batch size never changes a number: on the CPU the model always runs on micro-bat
 :data:`MICRO_BATCH` images at fixed positions of the cache chunk (the last one padded), so the kernels see
 the same shapes whatever ``batch_size`` the user picked; on a GPU the batch size is the micro-batch (GPU
 kernels are not bit-reproducible across shapes anyway; features agree to float rounding).
+
+The path is overlapped (``overlap=True``, the default): images are decoded ahead (threads, or DataLoader worker
+processes with ``workers``), a chunk's pixels go to the device once (pinned memory and an asynchronous copy on
+CUDA), its clean encodings stay on the device for the forward passes (a host copy is kept for the latent memo),
+pooling happens on the device, and chunk files are written by a background thread while the next chunk is
+computed. None of this changes a number: on the CPU the features are bit-identical to ``overlap=False`` (the
+earlier, sequential path: latents round-trip through the host, writes in line), which tests check.
+``profile=StageTimes(device)`` times each stage (:mod:`core.engine.profile`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -193,11 +202,15 @@ def feature_key(config: ExtractionConfig, model, dataset: Dataset, records: Sequ
 
 
 def _load_pixels(model: Backbone, records: Sequence[ImageRecord], resolution: int, pool: ThreadPoolExecutor):
+    """[(pixels (3, R, R) | None, error | None, (decode seconds, resize seconds))] for ``records``."""
     def one(r):
+        t0 = time.perf_counter()
         try:
-            return model.preprocess(load_rgb(r.path), resolution), None
+            im = load_rgb(r.path)
+            t1 = time.perf_counter()
+            return model.preprocess(im, resolution), None, (t1 - t0, time.perf_counter() - t1)
         except UnreadableImage as e:
-            return None, str(e)
+            return None, str(e), (time.perf_counter() - t0, 0.0)
 
     return list(pool.map(one, records))
 
@@ -225,10 +238,12 @@ def _prepare(config, blocks, model, device, dtype, batch_size, cache_dir, datase
     return model, ds, plan
 
 
-def _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, total=None, done0=0) -> int:
+def _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, total=None, done0=0,
+                profile=None, overlap: bool = True) -> int:
     """The engine's loop over the missing chunks of ``plan`` (``todo``: chunk -> missing blocks)."""
     if not todo:
         return 0
+    from core.engine.profile import timed_pooling
     from core.engine.loader import chunk_decoder
 
     plan.cache.write_meta(plan.key, {"config": config.to_dict(), "model_identity": model.identity,
@@ -243,11 +258,16 @@ def _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, to
 
     def compute(ci, recs, blocks, pool, progress_in_chunk):
         return _compute_chunk(model, config, recs, blocks, resolution, batch_size, pool, progress_in_chunk,
-                              ds.fingerprint)
+                              ds.fingerprint, profile, overlap)
 
     on_cuda = getattr(getattr(model, "device", None), "type", "") == "cuda"
-    return plan.run(todo, compute, progress, workers, chunk_decoder(model, resolution), total=total, done0=done0,
-                    pin_memory=on_cuda)
+    if profile is not None:
+        profile.workers = workers
+    with timed_pooling(model, profile):
+        # overlapped, a chunk's pixels are stacked into one pinned buffer (_chunk_inputs): workers need not pin
+        return plan.run(todo, compute, progress, workers, chunk_decoder(model, resolution), total=total,
+                        done0=done0, pin_memory=on_cuda and not overlap, profile=profile,
+                        background_writes=overlap)
 
 
 def get_features(
@@ -263,6 +283,8 @@ def get_features(
     dataset: Dataset | None = None,
     workers: int = 0,
     only_cached: bool = False,
+    profile=None,
+    overlap: bool = True,
 ) -> FeatureSet:
     """Features for ``blocks`` (a list, ``"all"`` or None = all) from the cache, computing what is missing.
 
@@ -270,7 +292,8 @@ def get_features(
     written as they complete, so an interrupted call resumes where it stopped. ``workers`` > 0 decodes
     images in that many DataLoader worker processes. The returned ``features`` mapping reads a layer from the
     cache when it is first accessed (only that layer's files). ``only_cached``: raise :class:`NotCached` instead
-    of computing anything.
+    of computing anything. ``profile`` (a :class:`core.engine.profile.StageTimes`) collects seconds per stage;
+    ``overlap=False`` runs the sequential path (same numbers; see the module docstring).
     """
     model, ds, plan = _prepare(config, blocks, model, device, dtype, batch_size, cache_dir, dataset)
     total = len(plan.records)
@@ -278,7 +301,8 @@ def get_features(
     if todo and only_cached:
         raise NotCached(f"{len(todo)} of {plan.n_chunks} chunk(s) of this setting are not cached")
     done0 = total - sum(len(plan.chunk_records(ci)) for ci in todo)
-    n_model = _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, total, done0)
+    n_model = _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, total, done0, profile,
+                          overlap)
     if progress and not todo:
         progress(total, total)
     skipped = plan.skipped()
@@ -334,6 +358,8 @@ def extract_chunks(
     model: Backbone | None = None,
     dataset: Dataset | None = None,
     workers: int = 0,
+    profile=None,
+    overlap: bool = True,
 ) -> ExtractStats:
     """This process's share of an extraction (:class:`core.engine.distributed.Split`; None = everything).
 
@@ -362,7 +388,8 @@ def extract_chunks(
     else:
         mine = split_evenly(range(plan.n_chunks), split.rank, split.world)
         todo = plan.missing(mine)
-    n_model = _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers)
+    n_model = _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, profile=profile,
+                          overlap=overlap)
     if split.group:
         split.barrier()
         if split.is_main:  # every rank's chunks are in: one pass over the headers writes the layer indexes
@@ -428,29 +455,64 @@ def run_fixed_batches(fn: Callable[[list[int]], dict[str, np.ndarray]], n: int, 
     return run_batches(one, n, size, progress=progress, concat=concat, with_size=True)
 
 
-def _chunk_inputs(model: Backbone, recs, resolution, batch_size, pool, fingerprint):
-    """(readable records, skipped (id, reason), clean encodings x0 (memoised) on the CPU)."""
+def _stage(profile, name):
+    return profile.stage(name) if profile is not None else _NO_STAGE
+
+
+class _NoStage:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_STAGE = _NoStage()
+
+
+def _chunk_inputs(model: Backbone, recs, resolution, batch_size, pool, fingerprint, profile=None, overlap=True):
+    """(readable records, skipped (id, reason), clean encodings x0): memoised on the CPU; with ``overlap`` a
+    freshly encoded chunk's x0 is returned where it was computed (on the device) and the memo gets a host copy."""
     memo_key = stable_hash([model.identity, str(model.dtype), resolution, fingerprint, [r.id for r in recs]])
     hit = LATENT_MEMO.get(memo_key)
     if hit is not None:
         return hit
+    t0 = time.perf_counter()
     loaded = _load_pixels(model, recs, resolution, pool)
-    ok = [r for r, (x, _) in zip(recs, loaded) if x is not None]
-    skipped = [(r.id, err) for r, (x, err) in zip(recs, loaded) if x is None]
+    if profile is not None:
+        if not hasattr(pool, "loaded"):  # decoded here, by the thread pool: the main thread waited for it
+            profile.add("waiting for images", time.perf_counter() - t0)
+        for *_, (t_dec, t_res) in loaded:
+            profile.add("decode", t_dec)
+            profile.add("resize", t_res)
+    ok = [r for r, (x, *_) in zip(recs, loaded) if x is not None]
+    skipped = [(r.id, err) for r, (x, err, _) in zip(recs, loaded) if x is None]
     for rid, why in skipped:
         logger.warning("skipped unreadable image %s: %s", rid, why)
     if not ok:
         return ok, skipped, None
-    pixels = torch.stack([x for x, _ in loaded if x is not None])  # (n, 3, R, R)
-    x0 = run_fixed_batches(lambda idx: {"x0": model.encode(pixels[idx]).cpu()}, len(ok),
-                           micro_batch_size(model, batch_size), concat=torch.cat)["x0"]  # (n, c, h, w)
-    LATENT_MEMO.put(memo_key, (ok, skipped, x0))
+    xs = [x for x, *_ in loaded if x is not None]
+    on_cuda = model.device.type == "cuda"
+    with _stage(profile, "host->device"):
+        if overlap and on_cuda:  # one pinned buffer, one asynchronous copy of the chunk
+            pixels = torch.empty((len(xs), *xs[0].shape), dtype=xs[0].dtype, pin_memory=True)
+            torch.stack(xs, out=pixels)
+            pixels = pixels.to(model.device, non_blocking=True)
+        else:
+            pixels = torch.stack(xs)  # (n, 3, R, R); encode() moves each micro-batch
+    with _stage(profile, "VAE"):
+        x0 = run_fixed_batches(lambda idx: {"x0": model.encode(pixels[idx]) if overlap
+                                            else model.encode(pixels[idx]).cpu()}, len(ok),
+                               micro_batch_size(model, batch_size), concat=torch.cat)["x0"]  # (n, c, h, w)
+    with _stage(profile, "device->host"):
+        host = x0.cpu()
+    LATENT_MEMO.put(memo_key, (ok, skipped, host))
     return ok, skipped, x0
 
 
 def _compute_chunk(model: Backbone, config, recs, blocks, resolution, batch_size, pool, progress_in_chunk,
-                   fingerprint=""):
-    ok, skipped, inputs = _chunk_inputs(model, recs, resolution, batch_size, pool, fingerprint)
+                   fingerprint="", profile=None, overlap=True):
+    ok, skipped, inputs = _chunk_inputs(model, recs, resolution, batch_size, pool, fingerprint, profile, overlap)
     arrays: dict[str, np.ndarray] = {
         "ids": np.array([r.id for r in ok], dtype=str),
         "skipped_ids": np.array([s[0] for s in skipped], dtype=str),
@@ -465,8 +527,10 @@ def _compute_chunk(model: Backbone, config, recs, blocks, resolution, batch_size
 
     def fn(idx: list[int]):
         request = request_of(config, [prompts[i] for i in idx])
-        out = model.forward_features(inputs[idx], [ids[i] for i in idx], blocks, request)
-        return {b: v.numpy() for b, v in out.items()}
+        with _stage(profile, "model"):
+            out = model.forward_features(inputs[idx], [ids[i] for i in idx], blocks, request)
+        with _stage(profile, "device->host"):
+            return {b: v.numpy() for b, v in out.items()}
 
     counted = [0]
 
@@ -475,8 +539,11 @@ def _compute_chunk(model: Backbone, config, recs, blocks, resolution, batch_size
         progress_in_chunk(counted[0])
 
     feats = run_fixed_batches(fn, len(ok), micro_batch_size(model, batch_size), progress=progress)
-    for b in blocks:
-        arrays[f"f:{b}"] = feats[b].astype(np.float32)
+    with _stage(profile, "device->host"):
+        for b in blocks:
+            arrays[f"f:{b}"] = feats[b].astype(np.float32)
+    if profile is not None:
+        profile.images += len(ok)
     return arrays
 
 

@@ -105,10 +105,11 @@ def wait_idle(page, timeout_ms: int = 180_000) -> None:
 # idle machine; the bound scales with the CPUs' oversubscription (load average / cores), since the suite shares 2
 # cores with other work (at load 12 on 2 cores: progress after 0.7-1.4 s, warm moves returned in 1.1-2 s).
 SLIDER_BOUND_S = 1.0
+BROWSER_SLACK_S = 0.5  # headless Chromium (software rendering) polling the page state over the devtools socket
 
 
 def slider_bound_s() -> float:
-    return SLIDER_BOUND_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    return SLIDER_BOUND_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)) + BROWSER_SLACK_S
 SCRIPT_STATE = "() => document.querySelector('[data-testid=\"stApp\"]').getAttribute('data-test-script-state')"
 
 

@@ -86,7 +86,10 @@ def assert_same_features(a, b):
 
 
 def test_cache_hit_runs_no_unet(model, tiny_sd_dir, tmp_path):
+    from core.engine.limits import probe_activation_bytes
+
     c = cfg(tiny_sd_dir)
+    probe_activation_bytes(model)  # the memory guard's one-image probe, once per loaded model (memoised on it)
     with UNetCounter(model.unet) as first:
         fs1 = get_features(c, "all", model=model, batch_size=8)
     assert first.images == 32 and fs1.n_unet_images == 32

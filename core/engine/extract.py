@@ -24,7 +24,6 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -33,9 +32,10 @@ import torch
 
 from core.backbones.base import Backbone, Request
 from core.backbones.registry import DEFAULT_MODEL, load_backbone
-from core.data.datasets import Dataset, ImageRecord, UnreadableImage, load_dataset, load_rgb
+from core.data.datasets import Dataset, ImageRecord, load_dataset
 from core.engine.cache import CACHE_VERSION, FeatureCache, stable_hash
 from core.engine.chunks import ChunkPlan, LayerFeatures, split_evenly
+from core.engine.loader import load_pixels
 from core.engine.prompts import ExtractionError, PromptSpec
 
 logger = logging.getLogger(__name__)
@@ -199,20 +199,6 @@ def feature_key(config: ExtractionConfig, model, dataset: Dataset, records: Sequ
     key = cache_key(config, model, dataset, records, memo)
     st = storage_dtype(config, model)
     return key if st == "float32" else stable_hash({"base": key, "storage": st}, 32)
-
-
-def _load_pixels(model: Backbone, records: Sequence[ImageRecord], resolution: int, pool: ThreadPoolExecutor):
-    """[(pixels (3, R, R) | None, error | None, (decode seconds, resize seconds))] for ``records``."""
-    def one(r):
-        t0 = time.perf_counter()
-        try:
-            im = load_rgb(r.path)
-            t1 = time.perf_counter()
-            return model.preprocess(im, resolution), None, (t1 - t0, time.perf_counter() - t1)
-        except UnreadableImage as e:
-            return None, str(e), (time.perf_counter() - t0, 0.0)
-
-    return list(pool.map(one, records))
 
 
 def _prepare(config, blocks, model, device, dtype, batch_size, cache_dir, dataset):
@@ -478,7 +464,7 @@ def _chunk_inputs(model: Backbone, recs, resolution, batch_size, pool, fingerpri
     if hit is not None:
         return hit
     t0 = time.perf_counter()
-    loaded = _load_pixels(model, recs, resolution, pool)
+    loaded = load_pixels(model, recs, resolution, pool)
     if profile is not None:
         if not hasattr(pool, "loaded"):  # decoded here, by the thread pool: the main thread waited for it
             profile.add("waiting for images", time.perf_counter() - t0)

@@ -9,7 +9,26 @@ memory for an asynchronous host-to-device copy.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable, Iterator, Sequence
+
+from core.data.images import UnreadableImage, load_rgb
+
+
+def load_pixels(model, records: Sequence, resolution: int, pool) -> list:
+    """[(pixels (3, R, R) | None, error | None, (decode seconds, resize seconds))] for ``records``: each image
+    decoded (:func:`core.data.images.load_rgb`) and preprocessed by the backbone, mapped over ``pool`` (a thread
+    pool in process, :class:`_Serial` in a DataLoader worker): the one decoder, so features never depend on it."""
+    def one(r):
+        t0 = time.perf_counter()
+        try:
+            im = load_rgb(r.path)
+            t1 = time.perf_counter()
+            return model.preprocess(im, resolution), None, (t1 - t0, time.perf_counter() - t1)
+        except UnreadableImage as e:
+            return None, str(e), (time.perf_counter() - t0, 0.0)
+
+    return list(pool.map(one, records))
 
 
 class _Serial:
@@ -36,9 +55,7 @@ class Prefetched:
 def decode_chunk(records: Sequence, model, resolution: int) -> list:
     """[(pixels (3, R, R) float tensor | None, error | None)] for ``records`` (the engine's own decoder, i.e.
     the backbone's ``preprocess``)."""
-    from core.engine.extract import _load_pixels
-
-    return _load_pixels(model, records, resolution, _Serial())
+    return load_pixels(model, records, resolution, _Serial())
 
 
 class _Chunks:

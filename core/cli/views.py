@@ -177,7 +177,7 @@ def _announce(args, cfg, view: str, passes: int, per: str) -> None:
 def _progress(args, desc):
     if args.no_progress:
         return None, lambda: None
-    from core.cli import _progress as bar
+    from core.cli.common import _progress as bar
 
     return bar(True, desc)
 

@@ -18,10 +18,14 @@ from __future__ import annotations
 import os
 import time
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.common import median, row
+
+if TYPE_CHECKING:
+    import torch
 
 SD_RES = 256
 

@@ -239,6 +239,10 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
                                                seed=0, max_per_domain=10), ["up_blocks.1", "up_blocks.2"], device="cpu")
             want = {b: cached_scores(fs, b) for b in ("up_blocks.1", "up_blocks.2")}
             want = {b: f"{v.domain_nmi:.3f} ± {v.domain_nmi_std:.3f}" for b, v in want.items()}
+            deadline = time.monotonic() + 30  # the metrics column may finish its rerun after the chart
+            while nmi_after != want["up_blocks.2"] and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+                nmi_after = metric_value(page, "Domain NMI")
             assert (nmi_before, nmi_after) == (want["up_blocks.1"], want["up_blocks.2"]), want
 
             # click a point: its thumbnail appears beside the chart

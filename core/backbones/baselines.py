@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from core.backbones.base import Backbone, ExtractionError, ModelError, Request
+from core.backbones.identity import folder_identity
 from core.safeio import read_json_object
 
 DEFAULT_CHANNELS = (32, 64, 128, 128)
@@ -132,8 +133,6 @@ class CNNBackbone(Backbone):
 
     @classmethod
     def load(cls, name: str, folder: Path, device: torch.device, dtype: torch.dtype) -> "CNNBackbone":
-        from core.backbones.identity import folder_identity
-
         try:
             net = load_baseline_cnn(folder).to(device).eval()
             res = int(read_json_object(Path(folder) / "config.json", what="model config").get("resolution", 64))

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from core.backbones.base import ExtractionError, ModelError, Request, image_noise
+from core.backbones.identity import folder_identity as identity  # noqa: F401 - the family files' name
 from core.safeio import MiB, UnsafeFileError, check_regular_file, read_json_object
 
 NOISE_MODES_CLEAN = ("noised", "clean")
@@ -279,11 +280,6 @@ def pretrained(what: str, folder: Path, model_cls: Any, **kw) -> Any:
     return model
 
 
-def identity(folder: Path) -> str:
-    """Content hash of the folder's weights, configs and tokenizer files (the registry's)."""
-    from core.backbones.identity import folder_identity
-
-    return folder_identity(folder)
 
 
 def quiet() -> None:

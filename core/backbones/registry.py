@@ -23,7 +23,7 @@ import torch
 from core.backbones.base import Backbone, ModelError
 from core.backbones.common import LOAD_ERRORS, check_model_folder, missing_components
 from core.backbones.common import read_json as _read_config
-from core.backbones.identity import _file_sha256, _hash_memo_path, folder_identity  # noqa: F401 - re-exported
+from core.backbones.identity import folder_identity  # noqa: F401 - re-exported
 from core.backbones.baselines import CNNBackbone, PixelsBackbone
 from core.backbones.ddpm import PixelDDPMBackbone
 from core.backbones.dit import DiTBackbone

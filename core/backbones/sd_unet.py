@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from core.backbones.base import (Backbone, Conditioning, ExtractionError, ModelError, Request, image_noise)
+from core.backbones.identity import folder_identity
 from core.backbones.common import LOAD_ERRORS, loading, pretrained, read_json
 
 SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
@@ -142,8 +143,6 @@ class SDUNet(Backbone):
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         sample = unet.config.sample_size
         sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-        from core.backbones.identity import folder_identity
-
         layers = unet_block_names(unet)
         default = cls.default_layer_name if cls.default_layer_name in layers else layers[-1]
         has_text = text.get("text_encoder") is not None

@@ -17,7 +17,7 @@ scripts build the same figures).
 from __future__ import annotations
 
 # One module per kind of figure; everything is importable from here (``from core import figures``).
-from core.analysis.align import _fit_procrustes, align_by_ids, procrustes_align  # noqa: F401
+from core.analysis.align import align_by_ids, procrustes_align  # noqa: F401
 from core.analysis.pseudo_domains import PseudoDomains, centroid_frame, pseudo_domains  # noqa: F401
 from core.figures.export import figure_html, figure_png, png_export_available  # noqa: F401
 from core.figures.scatter import (IMAGE_MODE_MAX, add_point_images, density, image_rows, scatter,  # noqa: F401

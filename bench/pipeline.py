@@ -217,12 +217,25 @@ def _raw_convert(paths, headers) -> None:
         r += h.n_rows
 
 
-def _every_read(plan) -> None:
-    os.environ["DOMAINLENS_VERIFY_EVERY_READ"] = "1"
+def _with_env(name: str, value: str, fn) -> None:
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
-        plan.read_layer("L")
+        fn()
     finally:
-        os.environ.pop("DOMAINLENS_VERIFY_EVERY_READ", None)
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _every_read(plan) -> None:
+    _with_env("DOMAINLENS_VERIFY_EVERY_READ", "1", lambda: plan.read_layer("L"))
+
+
+def _fresh_memory(plan) -> None:
+    """The read into memory the process has never used (the pool of core.engine.buffers off): a first read."""
+    _with_env("DOMAINLENS_READ_POOL_MB", "0", lambda: plan.read_layer("L"))
 
 
 def bench_reads(ctx, n: int | None = None, channels: int = 1280, reps: int | None = None) -> dict:
@@ -242,7 +255,8 @@ def bench_reads(ctx, n: int | None = None, channels: int = 1280, reps: int | Non
         paths = [h.path for h in hs]
         size = sum(p.stat().st_size for p in paths)
         fns = {"read": lambda: plan.read_layer("L"), "read 1 thread": lambda: plan.read_layer("L", threads=1),
-               "read, checksum every read": lambda: _every_read(plan), "raw": lambda: _raw_read(paths)}
+               "read, checksum every read": lambda: _every_read(plan), "read, fresh memory": lambda: _fresh_memory(plan),
+               "raw": lambda: _raw_read(paths)}
         if storage == "float16":
             fns["raw + convert"] = lambda: _raw_convert(paths, hs)
         t = interleaved(fns, reps, warmup=1)
@@ -261,7 +275,9 @@ def bench_reads(ctx, n: int | None = None, channels: int = 1280, reps: int | Non
                         f"{size / median(t['read']) / 1e9:.2f} GB/s ({READ_THREADS} threads; 1 thread "
                         f"{size / median(t['read 1 thread']) / 1e9:.2f} GB/s; checksummed on every read "
                         f"{size / median(t['read, checksum every read']) / 1e9:.2f} GB/s, "
-                        f"{median([r / x for r, x in zip(t['raw'], t['read, checksum every read'])]):.2f}x) vs raw "
+                        f"{median([r / x for r, x in zip(t['raw'], t['read, checksum every read'])]):.2f}x; into fresh "
+                        f"memory {size / median(t['read, fresh memory']) / 1e9:.2f} GB/s, "
+                        f"{median([r / x for r, x in zip(t['raw'], t['read, fresh memory'])]):.2f}x) vs raw "
                         f"{size / median(t['raw']) / 1e9:.2f} GB/s{extra} (medians of {reps}, interleaved); {_load()}"))
         shutil.rmtree(folder, ignore_errors=True)
     return {"rows": rows, "details": details,
@@ -271,10 +287,16 @@ def bench_reads(ctx, n: int | None = None, channels: int = 1280, reps: int | Non
                       "same unchanged file (same size, mtime, ctime, inode) skip it ('read'); 'checksummed on every "
                       "read' is DOMAINLENS_VERIFY_EVERY_READ=1 (`cache verify` always checks). Raw read = readinto "
                       "one reused 16 MB buffer: no parsing, no checksum, no conversion, no new memory.",
-                      "A float16 layer read to float32 writes twice its file's bytes into fresh memory (the kernel "
-                      "zeroes each new page first): on this machine that alone costs about twice the raw read, so "
-                      "float16 reads stay below 0.6x of the bare raw read whatever the checksum; the 'raw + convert' "
-                      "comparison is the floor for that work."]}
+                      "Reads are positioned (os.preadv) straight into the output, one thread per core. The output "
+                      "comes from core.engine.buffers: memory an earlier read's array no longer uses ('read'), as "
+                      "when the layer slider moves; 'into fresh memory' is a process's first read (the pool off). "
+                      "Fresh memory is costly on this Firecracker VM: the kernel zeroes each new page and the host, "
+                      "to which freed guest memory is reported, faults it in again.",
+                      "A float16 layer is read a 128 MB slab at a time into a staging buffer, then widened to "
+                      "float32 by torch over the slab: the widening writes twice the file's bytes, so float16 reads "
+                      "stay below 0.6x of the bare raw read. Widening per chunk inside the reader threads was slower "
+                      "(torch's OpenMP threads spin for a few ms after each parallel copy and take the cores from "
+                      "the readers); 'raw + convert' (numpy's widening) is the naive floor for that work."]}
 
 
 # ------------------------------------------------------------------------------------- 18. t-SNE

@@ -133,8 +133,8 @@ def test_reading_one_layer_touches_no_other_layer(model, tiny_sd_dir, monkeypatc
     time.sleep(0.02)  # past the tick the layer index was written in (a chunk of that tick is re-checked)
     get_features(c, ["mid_block"], model=model)  # which rewrites it once
     opened = []
-    real_open = store._open_regular  # every cache read goes through it (regular files only, never blocks)
-    monkeypatch.setattr(store, "_open_regular", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    real_open = store._open_regular_fd  # every cache read goes through it (regular files only, never blocks)
+    monkeypatch.setattr(store, "_open_regular_fd", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
     fs = get_features(c, ["mid_block"], model=model)
     x = fs.features["mid_block"]
     np.testing.assert_array_equal(x, want)

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from core.engine import buffers
 from core.engine.cache import FeatureCache
 from core.engine.store import (INDEX_NAME, STORAGE_DTYPES, CacheError, DamagedChunk, DamagedIndex, file_stat,
                                ids_digest, read_header, read_index, read_into, write_index)
@@ -31,7 +32,10 @@ from core.engine.store import (INDEX_NAME, STORAGE_DTYPES, CacheError, DamagedCh
 logger = logging.getLogger(__name__)
 
 # compute(chunk_index, records, layers, pool, progress_in_chunk) -> arrays as FeatureCache.save_chunk takes
-READ_THREADS = max(1, min(8, int(os.environ.get("DOMAINLENS_READ_THREADS", 0)) or (os.cpu_count() or 1) * 2))
+READ_THREADS = max(1, min(8, int(os.environ.get("DOMAINLENS_READ_THREADS", 0)) or (os.cpu_count() or 1)))
+_SLAB_BYTES = 128 << 20  # a float16 layer is staged this much at a time, then widened (fewer, larger widenings:
+# after each one torch's OpenMP threads spin for a few ms, taking the cores from the reader threads)
+_WIDEN_LOCK = threading.Lock()
 ComputeFn = Callable[[int, Sequence, list, object, Callable[[int], None]], dict]
 
 
@@ -235,55 +239,61 @@ class ChunkPlan:
         stored dtype, so a float16 setting reads half the bytes); a chunk that fails its checksum is recomputed
         through ``repair`` (or raises).
 
-        Chunks are read by ``threads`` threads (default :data:`READ_THREADS`) into disjoint row ranges of the
-        output: file reads, the checksum (XXH3-64, or CRC-32 for older chunks) and the float16 -> float32
-        conversion (done per chunk, from a chunk-sized buffer each thread reuses, by torch: see :func:`_widen`)
-        release the GIL, so the read runs near the disk's speed. Bit-identical to ``threads=1``."""
+        Chunks are read by ``threads`` threads (default :data:`READ_THREADS`: one per core) with positioned reads
+        straight into disjoint row ranges of the output; file reads and the checksum (XXH3-64, or CRC-32 for
+        older chunks) release the GIL. A float16 layer is read a slab (:data:`_SLAB_BYTES`) at a time into a
+        staging buffer, then widened to float32 by torch over the whole slab (:func:`_widen`). The output comes
+        from :mod:`core.engine.buffers` (memory a previous read's array no longer uses). Bit-identical to
+        ``threads=1``."""
         hs = [self.headers[(block, ci)] for ci in range(self.n_chunks)]
-        rows = sum(h.n_rows for h in hs)
         cols = max((h.n_cols for h in hs if h.n_rows), default=0)
         stored = np.dtype(STORAGE_DTYPES[self.storage][1])
-        out = np.empty((rows, cols), np.float32)
-        starts = np.cumsum([0] + [h.n_rows for h in hs])
-        local = threading.local()  # one chunk-sized buffer per reader thread, reused (stays in the CPU's cache)
+        starts = [int(x) for x in np.cumsum([0] + [h.n_rows for h in hs])]
+        out = buffers.take((starts[-1], cols), np.float32)
+        todo = [ci for ci, h in enumerate(hs) if h.n_rows]
+        threads = READ_THREADS if threads is None else max(1, int(threads))
+        pool = ThreadPoolExecutor(max_workers=min(threads, len(todo))) if threads > 1 and len(todo) > 1 else None
 
-        def one(ci: int, h) -> None:
-            r = int(starts[ci])
-            if h.n_cols != cols or h.dtype != stored:
-                raise DamagedChunk("shape or dtype differs from the other chunks")
-            if stored == out.dtype:
-                read_into(h, out[r:r + h.n_rows])
-            else:
-                buf = getattr(local, "buf", None)
-                if buf is None or len(buf) < h.n_rows:
-                    buf = local.buf = np.empty((max(h.n_rows, self.chunk), cols), stored)
-                read_into(h, buf[:h.n_rows])
-                _widen(buf[:h.n_rows], out[r:r + h.n_rows])
-
-        def safe(ci: int):
+        def one(item: tuple[int, np.ndarray]) -> tuple[int, DamagedChunk] | None:
+            ci, dest = item
             try:
-                one(ci, hs[ci])
+                if hs[ci].n_cols != cols or hs[ci].dtype != stored:
+                    raise DamagedChunk("shape or dtype differs from the other chunks")
+                read_into(hs[ci], dest)
                 return None
             except DamagedChunk as e:
                 return ci, e
 
-        todo = [ci for ci, h in enumerate(hs) if h.n_rows]
-        threads = READ_THREADS if threads is None else threads
-        if threads > 1 and len(todo) > 1:
-            with ThreadPoolExecutor(max_workers=min(threads, len(todo))) as pool:
-                failed = [f for f in pool.map(safe, todo) if f is not None]
-        else:
-            failed = [f for f in map(safe, todo) if f is not None]
+        def read(items: list) -> list[tuple[int, DamagedChunk]]:
+            return [f for f in (pool.map(one, items) if pool else map(one, items)) if f is not None]
+
+        try:
+            if stored == out.dtype:
+                failed = read([(ci, out[starts[ci]:starts[ci + 1]]) for ci in todo])
+            else:
+                failed = []
+                for part in _slabs(todo, starts, max(1, _SLAB_BYTES // max(1, cols * stored.itemsize))):
+                    first, last = starts[part[0]], starts[part[-1] + 1]
+                    stage = buffers.take((last - first, cols), stored)
+                    failed += read([(ci, stage[starts[ci] - first:starts[ci + 1] - first]) for ci in part])
+                    _widen(stage, out[first:last])  # a failed chunk's rows are overwritten below
+                    del stage
+        finally:
+            if pool:
+                pool.shutdown()
         for ci, e in failed:  # recomputed one by one in this thread (the model is not thread-safe)
             h = hs[ci]
             if repair is None:
                 raise CacheError(5, f"cache file {h.path} is damaged ({e}); run the extraction again")
             logger.warning("cache file %s is damaged (%s); recomputing", h.path, e)
             repair(ci, block)
-            h2 = self.headers[(block, ci)]
+            h2 = hs[ci] = self.headers[(block, ci)]
             if h2.n_rows != h.n_rows or h2.n_cols != cols:
                 raise CacheError(5, f"recomputed chunk {h.path} has another shape; clear the cache entry")
-            one(ci, h2)
+            buf = np.empty((h2.n_rows, cols), stored)
+            if one((ci, buf)) is not None:
+                raise CacheError(5, f"recomputed chunk {h.path} is damaged again; clear the cache entry")
+            _widen(buf, out[starts[ci]:starts[ci + 1]])
         return out
 
     def kept_records(self) -> list:
@@ -297,18 +307,31 @@ class ChunkPlan:
         return [tuple(s) for ci in range(self.n_chunks) for s in self.headers[(first, ci)].skipped]
 
 
+def _slabs(todo: list[int], starts: list[int], max_rows: int) -> list[list[int]]:
+    """``todo`` (chunk indices, ascending) cut into runs of at most ``max_rows`` rows (a chunk larger than that
+    is a run of its own)."""
+    runs: list[list[int]] = []
+    for ci in todo:
+        if runs and starts[ci + 1] - starts[runs[-1][0]] <= max_rows:
+            runs[-1].append(ci)
+        else:
+            runs.append([ci])
+    return runs
+
+
 def _widen(src: np.ndarray, dst: np.ndarray) -> None:
-    """``dst[...] = src`` (float16 -> float32, exact). torch's conversion is vectorised (~3.5 GB/s of float16 on
-    one core here, numpy's ~0.8 GB/s) and releases the GIL; numpy when torch is not importable."""
+    """``dst[...] = src`` (float16 -> float32 or a plain copy, exact). torch's conversion is vectorised and
+    uses its intra-op threads (~7 GB/s of float16 per core here, numpy's ~1.2 GB/s); numpy when torch is not
+    importable. One conversion at a time in the process (:data:`_WIDEN_LOCK`): two threads entering torch's
+    thread team at once spin against each other (20x slower measured on 2 cores), and the copy is bound by memory
+    anyway."""
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency of the engine
         np.copyto(dst, src)
         return
-    s, d = torch.from_numpy(src).reshape(-1), torch.from_numpy(dst).reshape(-1)
-    step = 32768  # torch's grain size: below it a copy stays on the calling thread (no OpenMP team per call,
-    for a in range(0, len(s), step):  # which on a busy machine spins: 20x slower measured)
-        d[a:a + step].copy_(s[a:a + step])
+    with _WIDEN_LOCK:
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
 
 
 class LayerFeatures(Mapping):

@@ -10,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from core import figures
-from core.analysis.dg import (DEFAULT_LEARNER, dg_command, domainbed_zip, k_sweep, LEARNERS, layout_labels,
-                              mean_rows, rank_settings, seen_warning, train_domain_sweep)
+from core.analysis.dg import (DEFAULT_LEARNER, k_sweep, LEARNERS, layout_labels, mean_rows, rank_settings,
+                              seen_warning, train_domain_sweep)
+from core.analysis.dg_export import dg_command, domainbed_zip
 from core.analysis.reduce import ReductionConfig, cached_reduce
 from core.engine.extract import get_features
 from pages._access import scanned_dataset

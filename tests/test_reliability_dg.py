@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.analysis import dg
+from core.analysis import dg, dg_export
 from core.cli import main
 
 EVIL = "x/../../PWNED"
@@ -79,7 +79,7 @@ def test_domainbed_zip_is_built_in_memory_with_no_dotdot_entries(evil_result, tm
     private = tmp_path / "tmp"
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
-    data = dg.domainbed_zip(evil_result)
+    data = dg_export.domainbed_zip(evil_result)
     assert list(private.iterdir()) == []  # nothing written, not even to a temporary folder
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert names and not any(".." in n or n.startswith("/") or "\\" in n for n in names), names
@@ -88,10 +88,10 @@ def test_domainbed_zip_is_built_in_memory_with_no_dotdot_entries(evil_result, tm
 
 def test_sanitiser_and_the_last_guard(evil_result, tmp_path, monkeypatch):
     for name in (EVIL, "..", "/etc/passwd", "C:\\Windows", "a b", "", "ünï"):
-        part = dg.safe_part(name)
+        part = dg_export.safe_part(name)
         assert part and "/" not in part and "\\" not in part and "." not in part and ":" not in part
-    assert dg.safe_part("cartoon") == "cartoon" and dg.safe_part("real world") == "real_world"
-    monkeypatch.setattr(dg, "safe_part", lambda name, max_len=60: "../../../escaped")
+    assert dg_export.safe_part("cartoon") == "cartoon" and dg_export.safe_part("real world") == "real_world"
+    monkeypatch.setattr(dg_export, "safe_part", lambda name, max_len=60: "../../../escaped")
     with pytest.raises(ValueError, match="refusing to write"):
-        dg.export_domainbed(evil_result, tmp_path / "out")
+        dg_export.export_domainbed(evil_result, tmp_path / "out")
     assert not (tmp_path / "escaped").exists()

@@ -88,7 +88,8 @@ def cmd_report(args) -> int:
 def cmd_dg(args) -> int:
     import pandas as pd
 
-    from core.analysis.dg import export_domainbed, mean_rows, rank_settings
+    from core.analysis.dg import mean_rows, rank_settings
+    from core.analysis.dg_export import export_domainbed
     from core.data.datasets import load_dataset
 
     if args.clusters is not None and args.clusters < 2:

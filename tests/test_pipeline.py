@@ -244,3 +244,40 @@ def test_a_verified_unchanged_chunk_is_not_checksummed_again_but_a_changed_one_i
     monkeypatch.setattr(time, "time_ns", lambda: os.stat(path).st_ctime_ns + 5 * 10**9)
     with pytest.raises(store.DamagedChunk, match="checksum"):
         store.read_into(store.read_header(path), out)
+
+
+def test_tsne_finds_exact_neighbours_up_to_its_cap_and_the_rule_is_in_the_cache_key(monkeypatch):
+    """t-SNE's k-NN search is exact (brute force) up to TSNE_EXACT_KNN_MAX points and openTSNE's approximate
+    choice above; the rule is part of the layout's cache key (layouts cached under the old rule are not reused)."""
+    import openTSNE
+
+    from core.analysis import reduce as layouts
+    from core.analysis.reduce import ReductionConfig
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    class Spy:
+        def __init__(self, **kw):
+            seen.append(kw.get("neighbors"))
+            raise Stop
+
+    monkeypatch.setattr(openTSNE, "TSNE", Spy)
+    X = np.random.default_rng(0).normal(size=(1200, 8)).astype(np.float32)
+    for cap, want in ((50_000, "exact"), (1000, "auto")):
+        monkeypatch.setattr(layouts, "TSNE_EXACT_KNN_MAX", cap)
+        with pytest.raises(Stop):
+            layouts.reduce(X, ReductionConfig("tsne"))
+        assert seen[-1] == want
+    monkeypatch.undo()
+    assert ReductionConfig("tsne").params()["neighbors"] == f"exact<={layouts.TSNE_EXACT_KNN_MAX},auto"
+    assert "neighbors" not in ReductionConfig("umap").params() and "neighbors" not in ReductionConfig().params()
+    from openTSNE.nearest_neighbors import Sklearn
+
+    idx, dist = Sklearn(X, k=90, n_jobs=1).build()  # what neighbors="exact" builds: brute force, no random trees
+    d = ((X[:20, None, :] - X[None, :, :]) ** 2).sum(-1)
+    d[np.arange(20), np.arange(20)] = np.inf
+    want_idx = np.argsort(d, axis=1, kind="stable")[:, :90]
+    np.testing.assert_allclose(dist[:20], np.sqrt(np.take_along_axis(d, want_idx, 1)), rtol=1e-4)

@@ -4,7 +4,10 @@ t-SNE uses openTSNE: measured here ~4x faster than scikit-learn at 20k points (b
 High-dimensional inputs are first reduced to 50 principal components (standard practice for t-SNE and
 UMAP; it also makes the first t-SNE of 5k x 1280 several times faster). Barnes-Hut t-SNE (openTSNE's choice
 below 10k points) runs with ``theta=0.7`` instead of openTSNE's 0.5: measured 1.3x faster at 5k points for a
-0.5 % higher KL divergence and the same 10-nearest-neighbour recall (bench 5 re-measures both).
+0.5 % higher KL divergence and the same 10-nearest-neighbour recall (bench 5 re-measures both). t-SNE's
+neighbours are found exactly (brute force, scikit-learn's threaded ``ArgKmin``) up to
+:data:`TSNE_EXACT_KNN_MAX` points: at 50k points in 50 dimensions that took 7.7 s against Annoy's 13.6 s here
+(bench 18), and it is exact and needs no random trees.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ METHODS = ("pca", "tsne", "umap")
 # UMAP's spectral initialisation is slow on large, disconnected k-NN graphs (many well-separated clusters:
 # 50k points 61 s vs 38 s with a PCA initialisation, bench 14), so larger sets start from PCA, as t-SNE does.
 UMAP_SPECTRAL_MAX = 10_000
+TSNE_EXACT_KNN_MAX = 50_000  # t-SNE's k-NN: exact up to here, openTSNE's approximate choice (Annoy) above
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class ReductionConfig:
             return {"method": "pca", "n_components": self.n_components, "random_state": self.random_state}
         if self.method == "tsne":
             d.pop("n_neighbors"), d.pop("min_dist")
+            d["neighbors"] = f"exact<={TSNE_EXACT_KNN_MAX},auto"  # the k-NN rule (in the cache key)
         else:
             d.pop("perplexity"), d.pop("theta")
             d["init"] = f"spectral<={UMAP_SPECTRAL_MAX},pca"  # the initialisation rule (in the cache key)
@@ -102,7 +107,8 @@ def _fit_nonlinear(X: np.ndarray, config: ReductionConfig):
 
         perplexity = float(min(config.perplexity, max(2.0, (n - 1) / 3)))
         emb = TSNE(n_components=config.n_components, perplexity=perplexity, random_state=config.random_state,
-                   theta=config.theta, n_jobs=_n_jobs(), initialization="pca", verbose=False).fit(X)
+                   theta=config.theta, n_jobs=_n_jobs(), initialization="pca", verbose=False,
+                   neighbors="exact" if n <= TSNE_EXACT_KNN_MAX else "auto").fit(X)
         return np.asarray(emb, dtype=np.float32), lambda Y: np.asarray(emb.transform(Y), dtype=np.float32)
     umap = import_umap()
 
@@ -212,16 +218,16 @@ def warm_umap(n_small: int = 64, n_approx: int = 300, dim: int = 50, on_stage=No
 
 
 LAYOUT_SAMPLE = 50_000  # t-SNE / UMAP are fitted on at most this many points (a stratified, seeded sample)
-# t-SNE's own cap: at 50,000 points openTSNE took 202 s on two (shared) cores here, and 179 s with half the
-# iterations (bench 16; its k-NN search alone ~34 s), against a 60 s target that UMAP meets (46 s, bench 14);
-# at 20,000 points it takes ~30 s (bench 5). Above TSNE_SAMPLE points t-SNE is fitted on a stratified sample of
-# this size and the app says why (:func:`layout_note`).
+# t-SNE's own cap: at 50,000 points t-SNE takes about a minute on two cores here (bench 18: 750 FFT gradient
+# iterations after an exact k-NN search), UMAP ~45 s (bench 14); at 20,000 points t-SNE takes ~30 s. Above
+# TSNE_SAMPLE points t-SNE is fitted on a stratified sample of this size and the app says why
+# (:func:`layout_note`).
 TSNE_SAMPLE = 20_000
 
 
 def layout_sample(method: str, n_points: int) -> int:
     """How many points a ``method`` layout of ``n_points`` is fitted on at most: :data:`LAYOUT_SAMPLE`, or for
-    t-SNE above :data:`TSNE_SAMPLE` points that smaller sample (t-SNE at 50k points misses the 60 s target)."""
+    t-SNE above :data:`TSNE_SAMPLE` points that smaller sample (t-SNE at 50k points takes about a minute)."""
     if method == "tsne" and n_points > min(TSNE_SAMPLE, LAYOUT_SAMPLE):
         return min(TSNE_SAMPLE, LAYOUT_SAMPLE)
     return LAYOUT_SAMPLE
@@ -233,7 +239,7 @@ def layout_note(method: str, n_points: int, fitted: int) -> str:
         return ""
     if method == "tsne" and fitted <= TSNE_SAMPLE < LAYOUT_SAMPLE:
         return (f"t-SNE is fitted on a stratified sample of {fitted:,} of {n_points:,} images: above "
-                f"{TSNE_SAMPLE:,} points it is too slow to wait for (about 200 s for 50,000 points on two cores, "
+                f"{TSNE_SAMPLE:,} points it is slow to wait for (about a minute for 50,000 points on two cores, "
                 f"against ~45 s for UMAP). Choose UMAP for a {LAYOUT_SAMPLE:,}-image sample, or 'Place every "
                 "point' to place the others with the fitted embedding.")
     return (f"{'UMAP' if method == 'umap' else 't-SNE'} is fitted on a stratified sample of {fitted:,} of "

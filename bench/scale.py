@@ -156,7 +156,7 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
 
     from core.analysis.explore import explore_view
     from core.analysis.metrics import nmi
-    from core.analysis.reduce import LAYOUT_SAMPLE, ReductionConfig
+    from core.analysis.reduce import ReductionConfig
     from core.engine.chunks import READ_THREADS
     from core.engine.extract import ExtractionConfig, get_features
 
@@ -204,11 +204,13 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
     for kind in ("cold", "warm"):
         gbs_read = s16 / median(res[f"{kind}_read"]) / 1e9
         gbs_raw = s16 / median(res[f"{kind}_raw"]) / 1e9
-        rows.append(row(f"read one layer ({s16 / 1e9:.2f} GB fp16, {len(f16)} chunk files, CRC-checked, to float32) "
+        rows.append(row(f"read one layer ({s16 / 1e9:.2f} GB fp16, {len(f16)} chunk files, checksummed, to float32) "
                         f"/ raw sequential read of the same files, {kind} page cache", round(gbs_read / gbs_raw, 2),
                         "x", None, None, f"{gbs_read:.2f} GB/s vs {gbs_raw:.2f} GB/s (medians of {reps}); {READ_THREADS} "
-                                         "reader threads (float16 -> float32 per chunk in the threads), headers from "
-                                         "the layer index; cold = posix_fadvise(DONTNEED) before each read"))
+                                         "reader threads (positioned reads into a 128 MB staging slab, widened to "
+                                         "float32 by torch per slab, output memory from core.engine.buffers), headers "
+                                         "from the layer index, each file checksummed (XXH3-64) on its first read in "
+                                         "the process; cold = posix_fadvise(DONTNEED) before each read"))
     details["read_s"] = res
 
     # --- NMI on all points, fp16 vs fp32 --------------------------------------------------------
@@ -242,7 +244,7 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
     from core.analysis.reduce import warm_umap
 
     how = {"umap": "PCA to 50 dims + UMAP, after the app's start-up warm-up of numba (reduce.warm_umap)",
-           "tsne": "PCA to 50 dims + openTSNE (FFT gradients above 10k points)"}
+           "tsne": "PCA to 50 dims + openTSNE (exact k-NN, FFT gradients above 10k points)"}
     for meth in methods:
         with threadpool_limits(2):
             os.environ["OMP_NUM_THREADS"], old_omp = "2", os.environ.get("OMP_NUM_THREADS")
@@ -250,7 +252,7 @@ def bench_scale(ctx, n: int | None = None, chunk_extract: int = 16, extract_per_
                 if meth == "umap":
                     details["umap_warmup_s"] = warm_umap()  # what app.py pays in a background thread at start
                 t_lay, (emb, fitted) = _timed_v(lambda: cached_layout(fs, blocks[0], ReductionConfig(meth),
-                                                                      FeatureCache(cache_dir), LAYOUT_SAMPLE))
+                                                                      FeatureCache(cache_dir)))  # the app's sample
             finally:
                 os.environ["OMP_NUM_THREADS"] = old_omp or "1"
         rows.append(row(f"{meth} layout fitted on a stratified {fitted:,}-point sample of {n:,}", round(t_lay, 1),

@@ -100,7 +100,7 @@ def bench_throughput(ctx: Ctx, n_images: int | None = None, batch_sizes=(1, 8, 3
     """Images/s of the default model by batch size; SD-2.1-sized UNet s/img at 256 / 512 px."""
     import torch
 
-    from core.engine.extract import run_batches
+    from core.engine.compute import run_batches
 
     model, source = ctx.default_model()
     n = n_images or (64 if ctx.quick else 128)

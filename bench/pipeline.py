@@ -38,7 +38,7 @@ def _model_only(model, pixels: "torch.Tensor", ids, blocks, timestep: int, batch
     """Seconds for the device's work alone: encode + hooked forward in the engine's micro-batches (no decode, no
     cache)."""
     from core.backbones.base import Request
-    from core.engine.extract import micro_batch_size, run_fixed_batches
+    from core.engine.compute import micro_batch_size, run_fixed_batches
 
     mb = micro_batch_size(model, batch_size)
     pixels = pixels.to(model.device)  # the device's work only: the pixels are there already

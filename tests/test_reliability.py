@@ -519,14 +519,14 @@ HELD_CLI = """
 import sys, time
 import core.engine.extract as engine
 from core.cli import main
-real, calls = engine._compute_chunk, []
+real, calls = engine.compute_chunk, []
 def held(*a, **k):  # sit in the second chunk until killed
     out = real(*a, **k)
     if calls:
         time.sleep(120)
     calls.append(1)
     return out
-engine._compute_chunk = held
+engine.compute_chunk = held  # the name extract calls it by
 main(["extract", "--dataset", sys.argv[1], "--model", "pixels", "--no-progress", "--cache-dir", sys.argv[2]])
 """
 

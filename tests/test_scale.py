@@ -124,6 +124,39 @@ def test_shards_split_chunks_without_a_process_group(model, tiny_sd_dir, tmp_pat
 # ----------------------------------------------------------------------------------- per layer
 
 
+def test_going_through_every_layer_keeps_a_bounded_number_of_them(model, tiny_sd_dir, monkeypatch):
+    """FeatureSet.features lets the least recently used layers go past its memory budget (the most recent one is
+    always kept): a sweep over every block of a DomainNet-sized setting holds a few layers, not ~16 GB. A layer
+    let go and asked for again is read again, equal."""
+    import core.engine.chunks as chunks
+
+    real_budget = chunks.kept_bytes_budget
+    monkeypatch.setattr(FeatureCache, "CHUNK", 8)
+    c = cfg(tiny_sd_dir)
+    want = {b: x.copy() for b, x in get_features(c, "all", model=model).features.items()}
+    assert len(want) >= 3
+    sizes = sorted(x.nbytes for x in want.values())
+    budget = sizes[-1] + sizes[0]  # room for two layers at most, never for all
+    monkeypatch.setattr(chunks, "kept_bytes_budget", lambda: budget)
+    fs = get_features(c, "all", model=model)
+    reads = []
+    real = chunks.ChunkPlan.read_layer
+    monkeypatch.setattr(chunks.ChunkPlan, "read_layer", lambda self, b, *a, **k: reads.append(b) or real(self, b, *a, **k))
+    for b in want:
+        np.testing.assert_array_equal(fs.features[b], want[b])
+        kept = fs.features.loaded()
+        assert kept[-1] == b and sum(want[k].nbytes for k in kept) <= max(budget, want[b].nbytes)
+    assert len(fs.features.loaded()) < len(want) and reads == list(want)
+    first = next(iter(want))
+    np.testing.assert_array_equal(fs.features[first], want[first])  # let go earlier: read again
+    assert reads == list(want) + [first]
+    np.testing.assert_array_equal(fs.features[first], want[first])  # kept now: not read again
+    assert reads == list(want) + [first]
+    monkeypatch.setenv("DOMAINLENS_LAYER_MEMORY_MB", "some")
+    with pytest.raises(ValueError, match="DOMAINLENS_LAYER_MEMORY_MB must be a whole number of MiB"):
+        real_budget()
+
+
 def test_reading_one_layer_touches_no_other_layer(model, tiny_sd_dir, monkeypatch):
     monkeypatch.setattr(FeatureCache, "CHUNK", 8)
     c = cfg(tiny_sd_dir)

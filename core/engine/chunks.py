@@ -336,19 +336,30 @@ def _widen(src: np.ndarray, dst: np.ndarray) -> None:
 
 class LayerFeatures(Mapping):
     """``FeatureSet.features``: block -> (n_images, channels) float32, read from the cache on first access (one
-    layer's files only) and then kept."""
+    layer's files only) and kept while the layers kept stay within a memory budget (:func:`kept_bytes_budget`):
+    past it the least recently used layers are let go (a caller holding one keeps it; asking again re-reads
+    it, into memory :mod:`core.engine.buffers` took back). So going through every block of a DomainNet-sized
+    setting (nine SD blocks: ~16 GB of float32) holds a few layers at a time, not all of them; the most recent
+    layer is always kept."""
 
-    def __init__(self, plan: ChunkPlan, repair: Callable[[int, str], None] | None = None):
+    def __init__(self, plan: ChunkPlan, repair: Callable[[int, str], None] | None = None,
+                 budget: int | None = None):
         self._plan = plan
         self._repair = repair
-        self._loaded: dict[str, np.ndarray] = {}
+        self._budget = kept_bytes_budget() if budget is None else int(budget)
+        self._loaded: dict[str, np.ndarray] = {}  # least recently used first
 
     def __getitem__(self, block: str) -> np.ndarray:
         if block not in self._plan.blocks:
             raise KeyError(block)
-        if block not in self._loaded:
-            self._loaded[block] = self._plan.read_layer(block, self._repair)
-        return self._loaded[block]
+        x = self._loaded.pop(block, None)
+        if x is None:
+            x = self._plan.read_layer(block, self._repair)
+        self._loaded[block] = x
+        held = sum(a.nbytes for a in self._loaded.values())
+        while held > self._budget and len(self._loaded) > 1:
+            held -= self._loaded.pop(next(iter(self._loaded))).nbytes
+        return x
 
     def __contains__(self, block) -> bool:  # Mapping's default would read the layer
         return block in self._plan.blocks
@@ -364,6 +375,21 @@ class LayerFeatures(Mapping):
 
     def __repr__(self) -> str:
         return f"LayerFeatures({self._plan.blocks}, loaded={self.loaded()})"
+
+
+def kept_bytes_budget() -> int:
+    """Bytes of layers a :class:`LayerFeatures` keeps: ``$DOMAINLENS_LAYER_MEMORY_MB`` MiB, else a quarter of
+    physical memory."""
+    env = os.environ.get("DOMAINLENS_LAYER_MEMORY_MB", "").strip()
+    if env:
+        try:
+            return max(0, int(env)) << 20
+        except ValueError:
+            raise ValueError(f"DOMAINLENS_LAYER_MEMORY_MB must be a whole number of MiB, got {env!r}") from None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 4 << 30
 
 
 def split_evenly(items: Sequence, part: int, parts: int) -> list:

@@ -259,7 +259,7 @@ def test_explore_in_a_real_browser(tiny_sd_dir, tmp_path):
             for fx, fy in ((0.95, 0.05), (0.95, 0.95), (0.05, 0.95), (0.05, 0.06)):
                 page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=8)
             page.mouse.up()
-            page.get_by_text("Selected images").wait_for(timeout=120_000)
+            page.get_by_text("Selected images", exact=True).wait_for(timeout=120_000)  # not the spatial caption
             page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length > 5",
                                    timeout=120_000)
             wait_idle(page)

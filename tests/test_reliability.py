@@ -412,6 +412,24 @@ def test_memory_estimate_refuses_before_allocating():
     check_memory(64, 256, 32, available=8 << 30)  # the default model's sizes pass easily
     with pytest.raises(ExtractionError, match=r"needs about 13\.0 GiB.*only 4\.0 GiB.*--resolution"):
         check_memory(2048, 256, 1, available=4 << 30)
+    # the chunks DataLoader workers decode ahead count, and the refusal names --workers
+    assert estimate_extraction_bytes(512, 256, 8, 0, chunks_decoded=5) == 5 * 256 * 3 * 512 * 512 * 4
+    with pytest.raises(ExtractionError, match=r"x 5 chunks decoded at once.*fewer --workers"):
+        check_memory(512, 256, 8, available=3 << 30, per_image_activations=0, chunks_decoded=5)
+
+
+def test_the_engine_sizes_the_memory_guard_by_the_model_call_and_the_decoded_chunks(tmp_path, monkeypatch):
+    """On the CPU the model runs 8 images a call whatever --batch-size (MICRO_BATCH), so the guard counts 8
+    images' activations, not 32; and 1 + 2 x workers decoded chunks."""
+    import core.engine.limits as limits
+    from core.engine.extract import MICRO_BATCH, ExtractionConfig, get_features
+
+    seen = []
+    monkeypatch.setattr(limits, "check_memory", lambda *a, **k: seen.append((a, k)))
+    root = make_tree(tmp_path / "ds", {"d0": {"c": 3}, "d1": {"c": 3}})
+    get_features(ExtractionConfig(dataset=str(root), model="pixels"), cache_dir=str(tmp_path / "c"), batch_size=32)
+    (resolution, n_images, per_call), kw = seen[-1]
+    assert per_call == MICRO_BATCH == 8 and n_images == 6 and kw["chunks_decoded"] == 1
 
 
 def _file_parent(t):

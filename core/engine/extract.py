@@ -31,7 +31,8 @@ from core.backbones.registry import DEFAULT_MODEL, load_backbone
 from core.data.datasets import Dataset, ImageRecord, load_dataset
 from core.engine.cache import CACHE_VERSION, FeatureCache, stable_hash
 from core.engine.chunks import ChunkPlan, LayerFeatures, split_evenly
-from core.engine.compute import LATENT_MEMO, MICRO_BATCH, compute_chunk, request_of, run_batches  # noqa: F401
+from core.engine.compute import (LATENT_MEMO, MICRO_BATCH, compute_chunk, micro_batch_size,  # noqa: F401
+                                 request_of, run_batches)
 from core.engine.prompts import ExtractionError, PromptSpec
 
 logger = logging.getLogger(__name__)
@@ -229,8 +230,11 @@ def _run_chunks(plan, todo, config, model, ds, batch_size, progress, workers, to
     resolution = config.resolution or model.resolution
     from core.engine.limits import activation_bytes_per_image, check_memory
 
-    check_memory(resolution, min(len(plan.records), plan.chunk), batch_size,  # before decoding anything
-                 per_image_activations=activation_bytes_per_image(model, resolution))
+    from core.engine.loader import PREFETCH
+
+    check_memory(resolution, min(len(plan.records), plan.chunk), micro_batch_size(model, batch_size),
+                 per_image_activations=activation_bytes_per_image(model, resolution),  # before decoding anything
+                 chunks_decoded=1 + PREFETCH * max(0, int(workers)))
 
     def compute(ci, recs, blocks, pool, progress_in_chunk):
         return compute_chunk(model, config, recs, blocks, resolution, batch_size, pool, progress_in_chunk,

@@ -140,26 +140,31 @@ def activation_bytes_per_image(model, resolution: int) -> int | None:
 
 
 def estimate_extraction_bytes(resolution: int, n_images: int, batch_size: int,
-                              per_image_activations: int | None = None) -> int:
-    """Peak host memory of one extraction chunk, estimated before allocating it: the decoded float32 pixels
-    of the chunk (n x 3 x R x R x 4 bytes) plus one batch's activations: ``per_image_activations`` per image
-    (measured for the model: :func:`activation_bytes_per_image`), else ~64 float32 maps of the input size
-    per image (a rough figure for SD-sized UNets)."""
-    pixels = n_images * 3 * resolution * resolution * 4
+                              per_image_activations: int | None = None, chunks_decoded: int = 1) -> int:
+    """Peak host memory of the extraction loop, estimated before allocating it: the decoded float32 pixels of
+    ``chunks_decoded`` chunks of ``n_images`` (n x 3 x R x R x 4 bytes each: the chunk being computed, plus those
+    DataLoader workers decode ahead) plus one model call's activations: ``batch_size`` (the images per model
+    call: the micro-batch on the CPU) times ``per_image_activations`` (measured for the model:
+    :func:`activation_bytes_per_image`), else ~64 float32 maps of the input size per image (a rough figure for
+    SD-sized UNets)."""
+    pixels = max(1, chunks_decoded) * n_images * 3 * resolution * resolution * 4
     per = 64 * resolution * resolution * 4 if per_image_activations is None else per_image_activations
     activations = min(batch_size, max(n_images, 1)) * per
     return pixels + activations
 
 
 def check_memory(resolution: int, n_images: int, batch_size: int, available: int | None = None,
-                 per_image_activations: int | None = None) -> None:
-    """Refuse, with the numbers, an extraction whose estimate exceeds 80% of the available memory."""
+                 per_image_activations: int | None = None, chunks_decoded: int = 1) -> None:
+    """Refuse, with the numbers, an extraction whose estimate exceeds 80% of the available memory.
+    ``batch_size``: images per model call; ``chunks_decoded``: chunks of ``n_images`` decoded at once."""
     if os.environ.get("DOMAINLENS_SKIP_MEMORY_CHECK"):
         return
-    need = estimate_extraction_bytes(resolution, n_images, batch_size, per_image_activations)
+    need = estimate_extraction_bytes(resolution, n_images, batch_size, per_image_activations, chunks_decoded)
     have = available_memory_bytes() if available is None else available
     if have is not None and need > 0.8 * have:
+        ahead = f" x {chunks_decoded} chunks decoded at once" if chunks_decoded > 1 else ""
         raise ExtractionError(
-            f"resolution {resolution} px with batch size {batch_size} needs about {need / 2**30:.1f} GiB "
-            f"(decoded pixels of {n_images} images + one batch of activations) but only "
-            f"{have / 2**30:.1f} GiB is available; use a smaller --resolution or --batch-size.")
+            f"resolution {resolution} px with {batch_size} images per model call needs about {need / 2**30:.1f} "
+            f"GiB (decoded pixels of {n_images} images{ahead} + one call's activations) but only "
+            f"{have / 2**30:.1f} GiB is available; use a smaller --resolution or --batch-size"
+            + (" or fewer --workers" if chunks_decoded > 1 else "") + ".")

@@ -75,8 +75,11 @@ def _first(batch):
     return batch[0]
 
 
+PREFETCH = 2  # chunks each DataLoader worker decodes ahead
+
+
 def prefetched_chunks(order: Sequence[int], chunk_records: Callable[[int], Sequence], load_fn=None,
-                      workers: int = 0, pin_memory: bool = False, prefetch: int = 2
+                      workers: int = 0, pin_memory: bool = False, prefetch: int = PREFETCH
                       ) -> Iterator[tuple[int, Prefetched | None]]:
     """(chunk index, decoded chunk or None) in ``order``; None (decode in process) when ``workers == 0``."""
     if workers <= 0 or load_fn is None or not order:

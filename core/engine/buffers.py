@@ -33,20 +33,27 @@ _LOCK = threading.Lock()
 _OWNERS: list[np.ndarray] = []  # the pool's buffers, most recently handed out last
 
 
-def pool_limit() -> int:
-    """Bytes the pool may hold: ``$DOMAINLENS_READ_POOL_MB`` MiB, else an eighth of physical memory (at most
-    4 GiB)."""
-    env = os.environ.get("DOMAINLENS_READ_POOL_MB", "").strip()
-    if env:
+def memory_setting(env: str, fraction: float, cap: int | None = None) -> int:
+    """A memory bound in bytes: ``$<env>`` MiB when set (0 allowed; anything else is an error naming the
+    variable), else ``fraction`` of physical memory, at most ``cap``."""
+    text = os.environ.get(env, "").strip()
+    if text:
         try:
-            return max(0, int(env)) << 20
+            return max(0, int(text)) << 20
         except ValueError:
-            raise ValueError(f"DOMAINLENS_READ_POOL_MB must be a whole number of MiB, got {env!r}") from None
+            raise ValueError(f"{env} must be a whole number of MiB, got {text!r}") from None
     try:
         phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         phys = 8 << 30
-    return min(phys // 8, 4 << 30)
+    out = int(phys * fraction)
+    return out if cap is None else min(out, cap)
+
+
+def pool_limit() -> int:
+    """Bytes the pool may hold: ``$DOMAINLENS_READ_POOL_MB`` MiB, else an eighth of physical memory (at most
+    4 GiB)."""
+    return memory_setting("DOMAINLENS_READ_POOL_MB", 1 / 8, 4 << 30)
 
 
 def _free(i: int) -> bool:

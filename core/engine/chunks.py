@@ -380,16 +380,7 @@ class LayerFeatures(Mapping):
 def kept_bytes_budget() -> int:
     """Bytes of layers a :class:`LayerFeatures` keeps: ``$DOMAINLENS_LAYER_MEMORY_MB`` MiB, else a quarter of
     physical memory."""
-    env = os.environ.get("DOMAINLENS_LAYER_MEMORY_MB", "").strip()
-    if env:
-        try:
-            return max(0, int(env)) << 20
-        except ValueError:
-            raise ValueError(f"DOMAINLENS_LAYER_MEMORY_MB must be a whole number of MiB, got {env!r}") from None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 4 << 30
+    return buffers.memory_setting("DOMAINLENS_LAYER_MEMORY_MB", 1 / 4)
 
 
 def split_evenly(items: Sequence, part: int, parts: int) -> list:

@@ -23,13 +23,20 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def _parse_timesteps(s: str) -> list[int]:
+def int_list(s: str, what: str = "numbers", one: str = "number") -> list[int]:
+    """A comma-separated list of integers (at least one) from the command line; ``what`` / ``one`` name them in
+    the error."""
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"timesteps must be integers separated by commas, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"{what} must be integers separated by commas, got {s!r}") from None
     if not out:
-        raise argparse.ArgumentTypeError("give at least one timestep")
+        raise argparse.ArgumentTypeError(f"give at least one {one}")
+    return out
+
+
+def _parse_timesteps(s: str) -> list[int]:
+    out = int_list(s, "timesteps", "timestep")
     from core.engine.limits import check_size
 
     try:  # the count is bounded here, before anything loads; each value is checked against the model's range
@@ -102,12 +109,18 @@ def _add_extraction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ensemble", type=int, default=1, help="average over N noise draws (1-64)")
     p.add_argument("--resolution", type=int, default=None, help="default: the model's own (8-2048)")
+    add_runtime_args(p)
+    p.add_argument("--storage-dtype", default="auto", choices=["auto", "float32", "float16"],
+                   help="dtype of the cached features (auto: float16 on CUDA, float32 otherwise)")
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """Where and how features are computed (never what they are): batch size, device, dtype, cache folder,
+    progress bar."""
     p.add_argument("--batch-size", type=int, default=32, help="1-4096; never changes the numbers")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16")
     p.add_argument("--cache-dir", default=None, help="default: $DOMAINLENS_CACHE_DIR or ~/.cache/domainlens")
-    p.add_argument("--storage-dtype", default="auto", choices=["auto", "float32", "float16"],
-                   help="dtype of the cached features (auto: float16 on CUDA, float32 otherwise)")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core.backbones.registry import DEFAULT_MODEL
 
-from core.cli.common import _csv_list, _parse_timesteps, _progress, _seed_list
+from core.cli.common import _csv_list, _parse_timesteps, _progress, _seed_list, add_runtime_args
 
 
 def _add_report_parsers(sub) -> None:
@@ -33,11 +33,7 @@ def _add_report_parsers(sub) -> None:
                         ".md twins; all: .html, .md and .tex")
     r.add_argument("--plotly-js", choices=["gzip", "inline"], default="gzip",
                    help="plotly.js inlined gzip-compressed (~2 MB, default) or plain (~4.8 MB)")
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--device", default="auto")
-    r.add_argument("--dtype", default="auto")
-    r.add_argument("--cache-dir", default=None)
-    r.add_argument("--no-progress", action="store_true")
+    add_runtime_args(r)
 
     d = sub.add_parser("dg", help="domain-generalization what-if: leave one domain out, rank settings")
     d.add_argument("--dataset", required=True, help="built-in name, DomainBed folder or CSV manifest")
@@ -52,11 +48,7 @@ def _add_report_parsers(sub) -> None:
     d.add_argument("--out", default="ranking.csv", help="the ranking as CSV")
     d.add_argument("--domainbed-dir", default=None,
                    help="where the top setting's pseudo-domain files go (default: <out stem>-domainbed/)")
-    d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--device", default="auto")
-    d.add_argument("--dtype", default="auto")
-    d.add_argument("--cache-dir", default=None)
-    d.add_argument("--no-progress", action="store_true")
+    add_runtime_args(d)
     from core.cli.dgaudit import add_dg_args  # pseudo-domain quality and the sweeps
 
     add_dg_args(d)

@@ -35,13 +35,9 @@ def command(subcommand: str, **opts: Any) -> str:
 
 
 def _ints(s: str) -> list[int]:
-    try:
-        out = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return out
+    from core.cli.common import int_list
+
+    return int_list(s)
 
 
 # Images per domain the views read unless told otherwise: the app's default (pages/_env.py), so the CLI and
